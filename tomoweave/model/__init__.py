@@ -1,0 +1,42 @@
+"""The data objects of tomoweave and their typed sets.
+
+Every object is a pydantic model: validated on creation, stored as JSON in the catalog, and shown
+by ``tomoweave show --json`` under these field names. File paths are strings relative to the
+project folder.
+"""
+
+from tomoweave.model.items import (
+    Acquisition,
+    Average,
+    ClassAverages,
+    CtfTilt,
+    Particle,
+    Segmentation,
+    Subtomogram,
+    TiltAlignment,
+    TiltImage,
+    TiltSeries,
+    Tomogram,
+    Volume,
+    item_type_name,
+    item_types,
+)
+from tomoweave.model.sets import SetState
+
+__all__ = [
+    "Acquisition",
+    "Average",
+    "ClassAverages",
+    "CtfTilt",
+    "Particle",
+    "Segmentation",
+    "SetState",
+    "Subtomogram",
+    "TiltAlignment",
+    "TiltImage",
+    "TiltSeries",
+    "Tomogram",
+    "Volume",
+    "item_type_name",
+    "item_types",
+]

@@ -1,0 +1,247 @@
+"""Data objects: acquisition, tilt images and series, alignment, CTF, tomograms, particles, maps.
+
+Units are in the names: Å for lengths, degrees for angles, e/Å² for dose, kV, mm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Item(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def to_record(self) -> dict[str, Any]:
+        """A flat, JSON-ready dict of this item (what ``show --json`` prints)."""
+        return self.model_dump(mode="json")
+
+
+class Acquisition(BaseModel):
+    """Microscope settings shared by all tilts of a series."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pixel_size_a: float = Field(gt=0, description="pixel size of the images, Å")
+    voltage_kv: float = Field(300.0, gt=0, description="acceleration voltage, kV")
+    spherical_aberration_mm: float = Field(2.7, ge=0, description="Cs, mm")
+    amplitude_contrast: float = Field(0.07, ge=0, le=1, description="fraction of amplitude contrast")
+    dose_per_tilt_e_a2: float = Field(0.0, ge=0, description="electron dose per tilt, e/Å²")
+    tilt_axis_deg: float = Field(0.0, description="nominal tilt-axis angle as SerialEM reports it, °")
+
+
+class TiltAlignment(BaseModel):
+    """Alignment of one tilt image (RELION 5's parameterisation, see geometry.projection)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    y_tilt_deg: float
+    x_tilt_deg: float = 0.0
+    z_rot_deg: float = 0.0
+    shift_x_a: float = 0.0
+    shift_y_a: float = 0.0
+    magnification: float = 1.0
+    residual_a: float | None = Field(None, description="mean fiducial residual of this tilt, Å")
+
+
+class CtfTilt(BaseModel):
+    """CTF of one tilt image: defocus at the tilt axis, positive for underfocus."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    defocus_u_a: float
+    defocus_v_a: float
+    astigmatism_angle_deg: float = 0.0
+    phase_shift_deg: float = 0.0
+    fit_resolution_a: float | None = None
+    score: float | None = None
+    diagnostic_path: str | None = None
+
+
+class TiltImage(BaseModel):
+    """One tilt: nominal angle, dose history, where its pixels are, and what was learnt about it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    tilt_deg: float = Field(description="nominal (stage) tilt angle, °")
+    acquisition_order: int = Field(ge=0, description="0 for the first tilt exposed")
+    pre_exposure_e_a2: float = Field(0.0, ge=0, description="dose received before this tilt, e/Å²")
+    image_path: str | None = Field(None, description="MRC stack or image holding this tilt")
+    image_index: int = Field(0, ge=0, description="slice of image_path holding this tilt")
+    movie_path: str | None = Field(None, description="movie of this tilt's frames")
+    frame_count: int | None = Field(None, ge=1)
+    even_path: str | None = None
+    even_index: int = 0
+    odd_path: str | None = None
+    odd_index: int = 0
+    nominal_defocus_a: float | None = Field(None, description="defocus the microscope was set to, Å")
+    excluded: bool = False
+    alignment: TiltAlignment | None = None
+    ctf: CtfTilt | None = None
+    drift_px: list[list[float]] | None = Field(None, description="per-frame drift (x, y), px")
+
+
+class TiltSeries(_Item):
+    """A tilt series: its acquisition and its tilts, in the order of the stack."""
+
+    name: str
+    acquisition: Acquisition
+    image_size_xy: tuple[int, int] = Field(description="size of each tilt image, px (x, y)")
+    tilts: list[TiltImage]
+    alignment_residual_a: float | None = None
+    fiducials_a: list[list[float]] | None = Field(None, description="3D bead positions, Å")
+    mdoc_path: str | None = None
+
+    @field_validator("tilts")
+    @classmethod
+    def _has_tilts(cls, tilts: list[TiltImage]) -> list[TiltImage]:
+        if not tilts:
+            raise ValueError("a tilt series needs at least one tilt")
+        return tilts
+
+    @property
+    def pixel_size_a(self) -> float:
+        return self.acquisition.pixel_size_a
+
+    @property
+    def is_aligned(self) -> bool:
+        return all(t.alignment is not None for t in self.tilts if not t.excluded)
+
+    def included_tilts(self) -> list[TiltImage]:
+        return [t for t in self.tilts if not t.excluded]
+
+    def to_record(self) -> dict[str, Any]:
+        """Flat per-tilt records: tilt fields with the alignment and CTF fields beside them."""
+        record = self.model_dump(mode="json", exclude={"tilts"})
+        record["pixel_size_a"] = self.pixel_size_a
+        record["tilt_axis_deg"] = self.acquisition.tilt_axis_deg
+        record["tilts"] = [_flat_tilt(t) for t in self.tilts]
+        return record
+
+
+def _flat_tilt(tilt: TiltImage) -> dict[str, Any]:
+    flat = tilt.model_dump(mode="json", exclude={"alignment", "ctf"})
+    for part in (tilt.alignment, tilt.ctf):
+        if part is not None:
+            flat.update(part.model_dump(mode="json"))
+    return flat
+
+
+class Tomogram(_Item):
+    """A reconstructed volume, with optional even/odd halves for denoising and resolution."""
+
+    name: str
+    path: str
+    pixel_size_a: float = Field(gt=0)
+    size_xyz: tuple[int, int, int]
+    tilt_series: str | None = Field(None, description="name of the tilt series it was made from")
+    acquisition: Acquisition | None = None
+    even_path: str | None = None
+    odd_path: str | None = None
+    method: str = ""
+    binning: float = 1.0
+    ctf_corrected: bool = False
+
+
+class Volume(_Item):
+    """A map: a template, a reference, a mask."""
+
+    name: str
+    path: str
+    pixel_size_a: float = Field(gt=0)
+    size_xyz: tuple[int, int, int]
+    symmetry: str = "C1"
+
+
+class Average(_Item):
+    """A subtomogram average with its half maps and gold-standard FSC."""
+
+    name: str
+    path: str
+    pixel_size_a: float = Field(gt=0)
+    size_xyz: tuple[int, int, int]
+    half1_path: str | None = None
+    half2_path: str | None = None
+    mask_path: str | None = None
+    fsc_frequency_inv_a: list[float] | None = None
+    fsc: list[float] | None = None
+    resolution_a: float | None = None
+    particle_count: int | None = None
+    symmetry: str = "C1"
+
+
+class ClassAverages(_Item):
+    """Classes from classification: one average per class."""
+
+    name: str
+    class_paths: list[str]
+    class_sizes: list[int]
+    pixel_size_a: float = Field(gt=0)
+
+
+class Particle(_Item):
+    """A particle in a tomogram: position in Å from the tomogram centre and a rotation matrix."""
+
+    name: str
+    tomogram: str = Field(description="name of the tomogram (or tilt series) it belongs to")
+    position_a: tuple[float, float, float]
+    rotation: list[list[float]] = Field(
+        default_factory=lambda: np.eye(3).tolist(),
+        description="3×3 active rotation turning the reference into the particle",
+    )
+    score: float | None = None
+    class_id: int | None = None
+    membrane_id: int | None = None
+    normal: tuple[float, float, float] | None = None
+
+    @field_validator("rotation")
+    @classmethod
+    def _is_rotation(cls, rotation: list[list[float]]) -> list[list[float]]:
+        matrix = np.asarray(rotation, dtype=float)
+        if matrix.shape != (3, 3) or not np.allclose(matrix @ matrix.T, np.eye(3), atol=1e-4):
+            raise ValueError("rotation must be a 3×3 orthonormal matrix")
+        return rotation
+
+    @property
+    def rotation_matrix(self) -> np.ndarray:
+        return np.asarray(self.rotation, dtype=float)
+
+
+class Subtomogram(_Item):
+    """An extracted subvolume of one particle, with its missing-wedge/CTF weight."""
+
+    name: str
+    particle: Particle
+    path: str
+    weight_path: str | None = None
+    pixel_size_a: float = Field(gt=0)
+    box_size_px: int
+
+
+class Segmentation(_Item):
+    """A labelled volume (e.g. membranes), one label per object."""
+
+    name: str
+    path: str
+    tomogram: str
+    pixel_size_a: float = Field(gt=0)
+    label_count: int = 0
+
+
+_ITEM_TYPES: dict[str, type[_Item]] = {
+    cls.__name__: cls
+    for cls in (
+        TiltSeries, Tomogram, Volume, Average, ClassAverages, Particle, Subtomogram, Segmentation
+    )
+}
+
+
+def item_types() -> dict[str, type[_Item]]:
+    """The item classes that sets can hold, by name."""
+    return dict(_ITEM_TYPES)
+
+
+def item_type_name(item_class: type[BaseModel]) -> str:
+    return item_class.__name__
