@@ -1,0 +1,3 @@
+from tomoweave.cli import app
+
+app()

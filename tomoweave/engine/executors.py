@@ -1,0 +1,113 @@
+"""Executors: where the tasks of a run are computed. The scheduler only submits and collects.
+
+- ``inline``: in the scheduler's own process, one after another (debugging, tests).
+- ``local``: a process pool on this machine; workers default to the number of cores.
+- ``dask``: a ``distributed`` cluster (a local one, or an existing scheduler address, e.g. one
+  started on SLURM/PBS through dask-jobqueue).
+Protocols do not know which one runs them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tomoweave.engine.errors import TomoweaveError
+
+EXECUTOR_NAMES = ("inline", "local", "dask")
+
+
+class Executor:
+    """Submit callables, wait for any of them, shut down."""
+
+    n_workers: int = 1
+
+    def submit(self, function: Callable, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def wait_any(self, handles: Iterable[Any], timeout: float | None) -> list[Any]:
+        """The handles among ``handles`` that are done, waiting up to ``timeout`` seconds."""
+        done, _ = futures.wait(list(handles), timeout=timeout, return_when=futures.FIRST_COMPLETED)
+        return list(done)
+
+    def shutdown(self) -> None:
+        pass
+
+    def threads_per_task(self) -> int:
+        return max(1, (os.cpu_count() or 1) // max(1, self.n_workers))
+
+
+class InlineExecutor(Executor):
+    def submit(self, function: Callable, *args: Any) -> futures.Future:
+        future: futures.Future = futures.Future()
+        try:
+            future.set_result(function(*args))
+        except BaseException as error:  # surfaced through future.result()
+            future.set_exception(error)
+        return future
+
+    def threads_per_task(self) -> int:
+        return os.cpu_count() or 1
+
+
+class LocalExecutor(Executor):
+    def __init__(self, n_workers: int | None = None):
+        self.n_workers = n_workers or os.cpu_count() or 1
+        # forkserver: workers start from a clean process, safe beside threads of the scheduler
+        context = multiprocessing.get_context("forkserver")
+        self.pool = futures.ProcessPoolExecutor(max_workers=self.n_workers, mp_context=context)
+
+    def submit(self, function: Callable, *args: Any) -> futures.Future:
+        return self.pool.submit(function, *args)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskExecutor(Executor):
+    def __init__(self, n_workers: int | None = None, address: str | None = None):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as error:  # pragma: no cover - distributed is a dependency
+            raise TomoweaveError("the dask executor needs the 'distributed' package") from error
+        self.n_workers = n_workers or os.cpu_count() or 1
+        if address:
+            self.cluster = None
+            self.client = Client(address)
+        else:
+            self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1,
+                                        processes=True, dashboard_address=None)
+            self.client = Client(self.cluster)
+
+    def submit(self, function: Callable, *args: Any) -> Any:
+        return self.client.submit(function, *args, pure=False)
+
+    def wait_any(self, handles: Iterable[Any], timeout: float | None) -> list[Any]:
+        from distributed import wait
+
+        handles = list(handles)
+        if not handles:
+            return []
+        try:
+            done, _ = wait(handles, timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            return []
+        return list(done)
+
+    def shutdown(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def make_executor(name: str, n_workers: int | None = None, address: str | None = None) -> Executor:
+    if name == "inline":
+        return InlineExecutor()
+    if name == "local":
+        return LocalExecutor(n_workers)
+    if name == "dask":
+        return DaskExecutor(n_workers, address or os.environ.get("TOMOWEAVE_DASK_SCHEDULER"))
+    raise TomoweaveError(f"unknown executor '{name}': choose one of {', '.join(EXECUTOR_NAMES)}")

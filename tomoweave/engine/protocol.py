@@ -1,0 +1,104 @@
+"""The Protocol base class: one typed declaration of parameters, inputs, outputs and citations.
+
+A protocol reads like a form. The engine maps ``process`` over the items of the mapped input
+(or over the tasks returned by ``plan`` for protocols without one) on an executor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+
+def param(default: Any = ..., *, unit: str = "", help: str = "", cli: str | None = None,
+          choices: list[str] | None = None, **bounds: Any) -> Any:
+    """Declare a protocol parameter: default, bounds (ge/gt/le/lt), unit and help text.
+
+    ``cli`` is an extra command-line flag (e.g. ``"--cs"``); ``choices`` lists allowed strings.
+    """
+    extra: dict[str, Any] = {"unit": unit}
+    if cli:
+        extra["cli"] = cli
+    if choices:
+        extra["choices"] = choices
+    return Field(default, description=help, json_schema_extra=extra, **bounds)
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input of a protocol: the item type it accepts and how the engine feeds it."""
+
+    item_type: type[BaseModel]
+    mapped: bool = True
+    optional: bool = False
+    multiple: bool = False
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output set of a protocol and the item type it holds."""
+
+    item_type: type[BaseModel]
+    help: str = ""
+
+
+@dataclass
+class Task:
+    """One unit of work: a unique key (usually the tilt-series name) and a JSON-able payload."""
+
+    key: str
+    payload: Any
+    sources: list[tuple[int, str]] = field(default_factory=list)
+
+
+class NoParams(BaseModel):
+    """For protocols without parameters."""
+
+
+class Protocol:
+    """Base class of every protocol. Subclasses set the class attributes and ``process``."""
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    Params: ClassVar[type[BaseModel]] = NoParams
+    inputs: ClassVar[dict[str, Input]] = {}
+    outputs: ClassVar[dict[str, Output]] = {}
+    citations: ClassVar[list[str]] = []
+
+    @classmethod
+    def mapped_input(cls) -> str | None:
+        """Name of the input whose items ``process`` is mapped over, if any."""
+        for name, spec in cls.inputs.items():
+            if spec.mapped and not spec.multiple:
+                return name
+        return None
+
+    def plan(self, params: BaseModel, inputs: dict[str, Any]) -> list[Task]:
+        """The tasks of a run. Default: one task per item of the mapped input."""
+        mapped = self.mapped_input()
+        if mapped is None:
+            raise NotImplementedError(f"{self.name}: protocols without a mapped input define plan()")
+        return [Task(key=item.name, payload=item) for item in inputs.get(mapped, [])]
+
+    def process(self, item: Any, params: BaseModel, context: Any) -> dict[str, Any]:
+        raise NotImplementedError(f"{self.name} does not implement process()")
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """Everything a form, the CLI help or the docs need, as plain data."""
+        return {
+            "name": cls.name,
+            "label": cls.label or cls.name,
+            "description": (cls.description or cls.__doc__ or "").strip(),
+            "params": cls.Params.model_json_schema(),
+            "inputs": {n: {"type": s.item_type.__name__, "mapped": s.mapped, "optional": s.optional,
+                           "multiple": s.multiple, "help": s.help} for n, s in cls.inputs.items()},
+            "outputs": {n: {"type": s.item_type.__name__, "help": s.help}
+                        for n, s in cls.outputs.items()},
+            "citations": list(cls.citations),
+        }

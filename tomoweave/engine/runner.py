@@ -1,0 +1,167 @@
+"""The scheduler: runs one run's tasks on an executor, journals each, commits results.
+
+Resume: the journal keeps, per task, a digest of the protocol version, parameters, payload and
+non-mapped inputs. A task already done with the same digest is skipped; a changed one is redone;
+a failed or interrupted one is retried. Streaming: while an input set is open, new items are
+planned as they arrive; outputs close when the inputs are closed and every task is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from typing import Any
+
+from tomoweave.engine.context import ProcessContext
+from tomoweave.engine.executors import Executor
+from tomoweave.engine.inputs import inputs_open, load_input_items
+from tomoweave.engine.protocol import Task
+from tomoweave.engine.provenance import environment_provenance
+from tomoweave.engine.registry import get_protocol
+from tomoweave.engine.run_log import RunLog
+from tomoweave.engine.worker import encode_payload, execute_task
+from tomoweave.store.catalog import Catalog
+from tomoweave.store.project_dir import ProjectLayout
+
+STREAM_POLL_SECONDS = 2.0
+
+
+class RunScheduler:
+    """Executes run ``run_id`` of the project at ``layout`` on ``executor``."""
+
+    def __init__(self, layout: ProjectLayout, catalog: Catalog, run_id: int, executor: Executor,
+                 progress=None):
+        self.layout, self.catalog, self.executor = layout, catalog, executor
+        self.run = catalog.run(run_id)
+        self.protocol_class = get_protocol(self.run.protocol)
+        self.protocol = self.protocol_class()
+        self.params = self.protocol_class.Params(**self.run.params)
+        self.input_set_ids: dict[str, list[int]] = self.run.inputs.get("set_ids", {})
+        self.log = RunLog(layout.root / self.run.folder / "logs" / "run.log")
+        self.progress = progress
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.pending: dict[Any, tuple[Task, str]] = {}
+
+    def execute(self) -> str:
+        self._start()
+        try:
+            self._loop()
+            state = self._final_state()
+            self.catalog.update_run(self.run.id, state=state, finished=time.time(), error=None)
+        except BaseException as error:
+            self.log.write(f"run failed: {error}\n{traceback.format_exc()}")
+            self.catalog.update_run(self.run.id, state="failed", finished=time.time(),
+                                    error=f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            self.executor.shutdown()
+        self.log.write(f"run ended: {state} ({self._count_text()})")
+        return state
+
+    def _start(self) -> None:
+        self.output_sets = {
+            name: self.catalog.ensure_set(self.run.id, name, spec.item_type.__name__)
+            for name, spec in self.protocol_class.outputs.items()
+        }
+        for output_set in self.output_sets.values():
+            self.catalog.set_state(output_set.id, "open")
+        provenance = environment_provenance()
+        provenance["executor"] = type(self.executor).__name__
+        self.catalog.update_run(self.run.id, state="running", started=time.time(), finished=None,
+                                pid=os.getpid(), provenance=provenance)
+        self.log.write(f"run {self.run.name} ({self.run.protocol}) started; parameters: "
+                       f"{json.dumps(self.run.params, sort_keys=True)}")
+
+    def _loop(self) -> None:
+        submitted: set[str] = set()
+        while True:
+            still_open = inputs_open(self.catalog, self.input_set_ids)
+            inputs, origin = load_input_items(self.catalog, self.protocol_class, self.input_set_ids)
+            tasks = [t for t in self.protocol.plan(self.params, inputs) if t.key not in submitted]
+            if self.progress is not None:
+                self.progress.add_total(len(tasks))
+            for task in tasks:
+                submitted.add(task.key)
+                self._submit(task, inputs, origin)
+            if not self.pending and not still_open:
+                break
+            timeout = STREAM_POLL_SECONDS if still_open else None
+            for handle in self.executor.wait_any(list(self.pending), timeout=timeout):
+                self._collect(handle)
+
+    def _submit(self, task: Task, inputs: dict[str, Any], origin: dict[str, int]) -> None:
+        mapped = self.protocol_class.mapped_input()
+        broadcast = {n: v for n, v in inputs.items() if n != mapped}
+        payload_type, payload = encode_payload(task.payload)
+        digest = _digest(self.protocol_class, self.run.params, payload, broadcast)
+        previous = self.catalog.journal(self.run.id).get(task.key)
+        if previous and previous["state"] == "done" and previous["digest"] == digest:
+            self.counts["skipped"] += 1
+            self.log.write(f"{task.key}: unchanged since it finished, skipped")
+            self._advance()
+            return
+        if mapped and task.key in origin and not task.sources:
+            task.sources = [(origin[task.key], task.key)]
+        self.catalog.mark_task_started(self.run.id, task.key, digest)
+        context = ProcessContext(self.layout.root, self.run.folder, task.key, broadcast,
+                                 self.executor.threads_per_task())
+        handle = self.executor.submit(execute_task, self.run.protocol, self.run.params,
+                                      payload_type, payload, context)
+        self.pending[handle] = (task, digest)
+
+    def _collect(self, handle: Any) -> None:
+        task, digest = self.pending.pop(handle)
+        try:
+            outcome = handle.result()
+        except BaseException as error:  # the worker process itself died
+            outcome = {"error": f"worker failed: {type(error).__name__}: {error}", "outputs": {},
+                       "messages": [], "commands": [], "traceback": None, "seconds": 0.0}
+        for message in outcome.get("messages", []):
+            self.log.write(f"{task.key}: {message}")
+        if outcome["error"]:
+            self.counts["failed"] += 1
+            self.catalog.fail_task(self.run.id, task.key, outcome["error"])
+            self.log.write(f"{task.key}: FAILED: {outcome['error']}")
+            if outcome.get("traceback"):
+                self.log.write(outcome["traceback"])
+        else:
+            by_set = {self.output_sets[name].id: records
+                      for name, records in outcome["outputs"].items()}
+            self.catalog.commit_task(self.run.id, task.key, digest, by_set, task.sources)
+            self.counts["done"] += 1
+            self.log.write(f"{task.key}: done in {outcome['seconds']:.1f} s")
+        self._advance()
+
+    def _advance(self) -> None:
+        if self.progress is not None:
+            self.progress.advance()
+
+    def _final_state(self) -> str:
+        for output_set in self.output_sets.values():
+            self.catalog.set_state(output_set.id, "closed")
+        if self.counts["failed"] == 0:
+            return "finished"
+        if self.counts["done"] + self.counts["skipped"] > 0:
+            return "finished with failures"
+        return "failed"
+
+    def _count_text(self) -> str:
+        return ", ".join(f"{value} {name}" for name, value in self.counts.items())
+
+
+def _digest(protocol_class, params: dict, payload: Any, broadcast: dict[str, Any]) -> str:
+    def plain(value: Any) -> Any:
+        if hasattr(value, "model_dump"):
+            return value.model_dump(mode="json")
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    text = json.dumps({"protocol": protocol_class.name, "version": protocol_class.version,
+                       "params": params, "payload": payload,
+                       "inputs": {k: plain(v) for k, v in broadcast.items()}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

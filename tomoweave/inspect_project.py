@@ -1,0 +1,62 @@
+"""Plain-data views of a project for `status`, `show`, the report and the web GUI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tomoweave.api import Project, Run
+from tomoweave.engine.inputs import split_reference
+from tomoweave.model import item_types
+
+
+def run_summary(project: Project, run: Run) -> dict[str, Any]:
+    record = run.record
+    journal = project.catalog.journal(run.id)
+    outputs = {s.output: {"type": s.item_type, "state": s.state,
+                          "count": project.catalog.count_items(s.id)}
+               for s in project.catalog.sets_of_run(run.id)}
+    return {
+        "id": run.id,
+        "name": run.name,
+        "protocol": run.protocol,
+        "state": run.state,
+        "folder": run.folder,
+        "created": record.created,
+        "started": record.started,
+        "finished": record.finished,
+        "items_done": sum(1 for j in journal.values() if j["state"] == "done"),
+        "items_failed": sum(1 for j in journal.values() if j["state"] == "failed"),
+        "inputs": record.inputs.get("references", {}),
+        "outputs": outputs,
+    }
+
+
+def status(project: Project) -> list[dict[str, Any]]:
+    """Runs in creation order with name, protocol and state."""
+    return [run_summary(project, run) for run in project.runs()]
+
+
+def show(project: Project, reference: str) -> dict[str, Any]:
+    """A run (with all its outputs) or one output ("RUN.OUTPUT"), with every item's fields."""
+    run_record, output = split_reference(project.catalog, reference)
+    run = project.get_run(str(run_record.id))
+    record = run.record
+    details = run_summary(project, run)
+    details.update(params=record.params, provenance=record.provenance, error=record.error,
+                   journal=[{"task": t, "state": j["state"], "error": j["error"],
+                             "attempts": j["attempts"]}
+                            for t, j in project.catalog.journal(run.id).items()])
+    sets = project.catalog.sets_of_run(run.id)
+    if output is not None:
+        sets = [project.output_set(run, output)]
+    types = item_types()
+    rendered = {}
+    for output_set in sets:
+        items = [types[r.item_type].model_validate(r.data).to_record()
+                 for r in project.catalog.items(output_set.id)]
+        rendered[output_set.output] = {"type": output_set.item_type, "state": output_set.state,
+                                       "count": len(items), "items": items}
+    if output is not None:
+        only = rendered[sets[0].output]
+        return {"run": details, "output": sets[0].output, **only}
+    return {"run": details, "outputs": rendered}

@@ -1,0 +1,1 @@
+"""Wrappers of external programs, one sub-package per program family."""

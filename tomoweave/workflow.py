@@ -1,0 +1,102 @@
+"""Workflows: a YAML list of runs (protocol, parameters, inputs by run name), replayable on new data.
+
+```yaml
+runs:
+  - name: simulate
+    protocol: simulate
+    params: {preset: test}
+  - name: bin2
+    protocol: tiltseries.bin
+    inputs: {tilt_series: simulate}
+    params: {binning: 2}
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tomoweave.api import Project, Run
+from tomoweave.engine.errors import InputError
+
+
+def load_workflow(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise InputError(f"{path}: cannot read workflow ({error})") from None
+    runs = (document or {}).get("runs") if isinstance(document, dict) else None
+    if not isinstance(runs, list) or not runs:
+        raise InputError(f"{path}: expected a 'runs:' list of {{name, protocol, params, inputs}}")
+    for index, entry in enumerate(runs):
+        if not isinstance(entry, dict) or "protocol" not in entry:
+            raise InputError(f"{path}: run #{index + 1}: 'protocol' missing")
+        entry.setdefault("name", entry["protocol"])
+        entry.setdefault("params", {})
+        entry.setdefault("inputs", {})
+    return ordered_by_dependencies(runs, path)
+
+
+def ordered_by_dependencies(runs: list[dict[str, Any]], source: Path | str) -> list[dict[str, Any]]:
+    """Runs sorted so every run comes after the runs it takes inputs from."""
+    by_name = {entry["name"]: entry for entry in runs}
+    ordered: list[dict[str, Any]] = []
+    visiting: set[str] = set()
+
+    def visit(entry: dict[str, Any]) -> None:
+        if entry in ordered:
+            return
+        if entry["name"] in visiting:
+            raise InputError(f"{source}: run '{entry['name']}' depends on itself")
+        visiting.add(entry["name"])
+        for reference in _references(entry):
+            for candidate in (reference, reference.rsplit(".", 1)[0]):
+                if candidate in by_name and candidate != entry["name"]:
+                    visit(by_name[candidate])
+                    break
+        visiting.discard(entry["name"])
+        ordered.append(entry)
+
+    for entry in runs:
+        visit(entry)
+    return ordered
+
+
+def _references(entry: dict[str, Any]) -> list[str]:
+    references: list[str] = []
+    for value in entry["inputs"].values():
+        references.extend(value if isinstance(value, list) else [value])
+    return [str(r) for r in references]
+
+
+def run_workflow(project: Project, path: str | Path, executor: str = "local",
+                 workers: int | None = None, progress_factory=None) -> list[Run]:
+    """Run (or resume) every run of the workflow in dependency order."""
+    finished = []
+    for entry in load_workflow(path):
+        progress = progress_factory(entry["name"]) if progress_factory else None
+        run = project.create_run(entry["protocol"], entry["inputs"], entry["params"],
+                                 entry["name"], executor)
+        if progress is not None:
+            with progress:
+                project.execute(run, executor, workers, progress)
+        else:
+            project.execute(run, executor, workers)
+        finished.append(run)
+        if run.state == "failed":
+            raise InputError(f"workflow stopped: run '{run.name}' failed ({run.record.error or 'see its log'})")
+    return finished
+
+
+def export_workflow(project: Project) -> str:
+    """The YAML that reproduces the project's runs."""
+    runs = []
+    for run in project.runs():
+        record = run.record
+        runs.append({"name": record.name, "protocol": record.protocol,
+                     "inputs": record.inputs.get("references", {}), "params": record.params})
+    return yaml.safe_dump({"runs": runs}, sort_keys=False)
