@@ -1,0 +1,141 @@
+"""Fiducial (gold-bead) alignment of a whole series: coarse xcorr, detect, track, solve, refine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tomoweave.algorithms.alignment.beads import detect_beads, refine_centres
+from tomoweave.algorithms.alignment.solver import AlignmentSolution, solve_alignment
+from tomoweave.algorithms.alignment.tracking import fill_gaps, track_beads
+from tomoweave.algorithms.alignment.xcorr import bin_image, binned_to_full_px, coarse_align
+
+
+class NoBeadsError(ValueError):
+    """Too few gold beads were found or tracked to solve the model."""
+
+
+@dataclass
+class TrackedSolution:
+    """A solved model with the tilts it covers (others had too few tracked points)."""
+
+    solution: AlignmentSolution
+    solved_tilts: np.ndarray  # (T,) bool over the input tilts
+    observations_px: np.ndarray  # (P, T, 2) over the input tilts
+    coarse_shifts_px: np.ndarray  # (T, 2)
+    log: list[str] = field(default_factory=list)
+
+
+def coarse_shifts_full_px(stack: np.ndarray, tilts_deg, z_rot_deg: float, max_size_px: int = 512):
+    """Cross-correlation shifts (T, 2) in full-size pixels, computed on a binned copy."""
+    factor = max(1, int(np.ceil(max(stack.shape[1:]) / max_size_px)))
+    binned = np.stack([bin_image(image, factor) for image in stack])
+    shifts, _ = coarse_align(binned, tilts_deg, z_rot_deg)
+    return shifts * factor
+
+
+def detect_in_stack(stack: np.ndarray, bead_diameter_px: float, threshold: float):
+    """Bead centres (x, y, px from the image centre) per tilt: found binned, refined at full size."""
+    factor = max(1, int(bead_diameter_px // 6))
+    size_xy = (stack.shape[2], stack.shape[1])
+    detections = []
+    for image in stack:
+        binned = bin_image(image, factor)
+        found, _ = detect_beads(binned, bead_diameter_px / factor, threshold)
+        if factor > 1 and len(found):
+            corner = binned_to_full_px(found, factor, size_xy) + np.array(size_xy) // 2
+            found = refine_centres(image, corner, bead_diameter_px) - np.array(size_xy) // 2
+        detections.append(found)
+    return detections
+
+
+def solve_covered(observations, tilts_deg, z_rot_deg, min_points_per_tilt=3, **options):
+    """Solve on the tilts that have at least ``min_points_per_tilt`` tracked points."""
+    counts = np.isfinite(observations[..., 0]).sum(axis=0)
+    solved = counts >= min_points_per_tilt
+    if solved.sum() < 3:
+        raise NoBeadsError(
+            f"only {int(solved.sum())} tilts have {min_points_per_tilt} or more tracked points"
+        )
+    solution = solve_alignment(observations[:, solved], np.asarray(tilts_deg)[solved], z_rot_deg,
+                               **options)
+    return solution, solved
+
+
+def align_with_beads(
+    stack: np.ndarray,
+    tilts_deg: np.ndarray,
+    z_rot_deg: float,
+    bead_diameter_px: float,
+    threshold: float = 8.0,
+    search_radius_px: float | None = None,
+    min_track_fraction: float = 0.3,
+    **solver_options,
+) -> TrackedSolution:
+    """Detect, track and solve a gold-bead alignment of one tilt series.
+
+    Parameters
+    ----------
+    stack : array (T, Y, X)
+        Tilt images in stack order (excluded tilts already removed).
+    tilts_deg : array (T,)
+        Nominal tilt angles, degrees.
+    z_rot_deg : float
+        Nominal in-plane rotation (the tilt-axis angle), degrees.
+    bead_diameter_px : float
+        Gold bead diameter in pixels of ``stack``.
+    threshold : float
+        Detection threshold (LoG response in robust standard deviations).
+    search_radius_px : float, optional
+        Tracking search radius; default twice the bead diameter.
+    min_track_fraction : float
+        Tracks seen in fewer than this fraction of the tilts are dropped before solving.
+    solver_options
+        Passed to :func:`solve_alignment` (z_rot_mode, solve_magnification, ...).
+
+    Raises
+    ------
+    NoBeadsError
+        When fewer than 3 beads are found in the tilt nearest 0° or can be tracked.
+    """
+    tilts = np.asarray(tilts_deg, dtype=float)
+    stack = np.asarray(stack, dtype=np.float32)
+    if stack.ndim != 3 or stack.shape[0] != len(tilts):
+        raise ValueError(f"stack must be (T, Y, X) with T = {len(tilts)}, got {stack.shape}")
+    if len(tilts) < 3:
+        raise ValueError(f"alignment needs at least 3 tilts, got {len(tilts)}")
+    radius = 2.0 * bead_diameter_px if search_radius_px is None else search_radius_px
+    log: list[str] = []
+    coarse = coarse_shifts_full_px(stack, tilts, z_rot_deg)
+    detections = detect_in_stack(stack, bead_diameter_px, threshold)
+    ref = int(np.argmin(np.abs(tilts)))
+    log.append(f"{len(detections[ref])} beads found at {tilts[ref]:.1f}°, "
+               f"median {np.median([len(d) for d in detections]):.0f} per tilt")
+    if len(detections[ref]) < 3:
+        raise NoBeadsError(
+            f"{len(detections[ref])} gold beads found in the tilt at {tilts[ref]:.1f}° "
+            f"(diameter {bead_diameter_px:.1f} px, threshold {threshold}); need at least 3"
+        )
+    observations = track_beads(detections, tilts, z_rot_deg, radius, coarse)
+    long_enough = np.isfinite(observations[..., 0]).sum(axis=1) >= max(
+        3, min_track_fraction * len(tilts)
+    )
+    observations = observations[long_enough]
+    log.append(f"{int(long_enough.sum())} tracks seen in ≥{min_track_fraction:.0%} of tilts")
+    if len(observations) < 3:
+        raise NoBeadsError(f"only {len(observations)} beads could be tracked through the series")
+    solution, solved = solve_covered(observations, tilts, z_rot_deg, **solver_options)
+    full = np.full((len(observations), len(tilts), 2), np.nan)
+    full[:, solved] = observations[:, solved]
+    refilled, added = fill_gaps(
+        full[:, solved], [d for d, s in zip(detections, solved, strict=True) if s], solution,
+        max(0.5 * bead_diameter_px, 2.0),
+    )
+    if added:
+        full[:, solved] = refilled
+        solution, solved_again = solve_covered(full, tilts, z_rot_deg, **solver_options)
+        solved = solved_again
+    log.append(f"gap filling added {added} positions")
+    log.extend(solution.log)
+    return TrackedSolution(solution, solved, full, coarse, log)
