@@ -1,0 +1,1 @@
+"""Workflow YAML files shipped with tomoweave (the demo pipeline)."""
