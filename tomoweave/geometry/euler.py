@@ -2,16 +2,24 @@
 
 Inside tomoweave an orientation is a 3×3 active rotation matrix that turns the reference
 (template, average) into the particle as it sits in the tomogram. Euler angles exist only here.
+``Rz``, ``Ry``, ``Rx`` below are the active right-handed rotations of ``geometry.rotations``.
 
-- RELION (rlnAngleRot, rlnAngleTilt, rlnAnglePsi): intrinsic ZYZ. RELION's own matrix ``A``
-  (``Euler_angles2matrix``) projects the particle back onto the reference; our matrix is ``A.T``:
-  ``R = Rz(rot) @ Ry(tilt) @ Rz(psi)``.
-- Dynamo (tdrot, tilt, narot): intrinsic ZXZ, ``R = Rz(tdrot) @ Rx(tilt) @ Rz(narot)``.
-- EMAN2 (az, alt, phi): EMAN's Transform is the passive ZXZ rotation
-  ``Rz(phi) @ Rx(alt) @ Rz(az)``, so the active one is its transpose.
+- RELION (rlnAngleRot, rlnAngleTilt, rlnAnglePsi): RELION's ``Euler_angles2matrix`` gives
+  ``A = (Rz(rot) @ Ry(tilt) @ Rz(psi)).T``, and RELION rotates the reference *by A* to compare it
+  with a particle (``Projector::project``/``rotate3D`` sample the reference at ``A⁻¹ k``). So our
+  matrix is ``A`` itself. Check: RELION's projection direction ``(cos rot sin tilt,
+  sin rot sin tilt, cos tilt)`` of the reference lands on +Z, the beam.
+- Dynamo (tdrot, tilt, narot): ``Rz(narot) @ Rx(tilt) @ Rz(tdrot)`` (ZXZ read as extrinsic
+  rotations) is the same matrix as RELION's ``Rz(rot) @ Ry(tilt) @ Rz(psi)`` for an equivalent
+  pose — e.g. Dynamo (-47.273, 1.1777, -132.3) and RELION (137.7, 1.1777, 42.727) give identical
+  reconstructions — so our matrix is its transpose, ``Rz(-tdrot) @ Rx(-tilt) @ Rz(-narot)``.
+- EMAN2 (az, alt, phi): a ``Transform``'s matrix is ``E = Rz(-phi) @ Rx(-alt) @ Rz(-az)``. The
+  angles of ``xform.align3d`` (e2spt) bring the particle onto the reference, so the rotation from
+  reference to particle is ``E.T = Rz(az) @ Rx(alt) @ Rz(phi)``.
 
-All ``matrix_to_*`` functions handle gimbal lock (middle angle 0° or 180°) by putting the whole
-in-plane rotation into the first angle and returning 0 for the last.
+All ``matrix_to_*`` functions return the middle angle in [0, 180] and the others in (-180, 180];
+at gimbal lock (middle angle 0° or 180°) the whole in-plane rotation goes into the first angle
+named (rot, tdrot, az) and the last one is 0.
 """
 
 from __future__ import annotations
@@ -25,55 +33,69 @@ _GIMBAL_EPS = 1e-9
 
 def relion_zyz_to_matrix(rot_deg: float, tilt_deg: float, psi_deg: float) -> np.ndarray:
     """RELION Euler angles (degrees) to the active rotation matrix, shape (3, 3)."""
-    return rotation_z(rot_deg) @ rotation_y(tilt_deg) @ rotation_z(psi_deg)
+    return (rotation_z(rot_deg) @ rotation_y(tilt_deg) @ rotation_z(psi_deg)).T
 
 
 def matrix_to_relion_zyz(matrix: np.ndarray) -> tuple[float, float, float]:
     """Active rotation matrix to RELION (rot, tilt, psi) in degrees, tilt in [0, 180]."""
-    m = np.asarray(matrix, dtype=float)
-    sin_tilt = np.hypot(m[2, 0], m[2, 1])
-    tilt = np.arctan2(sin_tilt, m[2, 2])
-    if sin_tilt > _GIMBAL_EPS:
-        rot = np.arctan2(m[1, 2], m[0, 2])
-        psi = np.arctan2(m[2, 1], -m[2, 0])
-    elif m[2, 2] > 0:  # tilt = 0: only rot + psi is defined
-        rot, psi = np.arctan2(m[1, 0], m[0, 0]), 0.0
-    else:  # tilt = 180: only rot - psi is defined
-        rot, psi = np.arctan2(-m[1, 0], -m[0, 0]), 0.0
-    return float(np.degrees(rot)), float(np.degrees(tilt)), float(np.degrees(psi))
+    rot, tilt, psi = _decompose(np.asarray(matrix, dtype=float).T, "y", gimbal_into_first=True)
+    return rot, tilt, psi
 
 
 def dynamo_zxz_to_matrix(tdrot_deg: float, tilt_deg: float, narot_deg: float) -> np.ndarray:
     """Dynamo Euler angles (degrees) to the active rotation matrix, shape (3, 3)."""
-    return rotation_z(tdrot_deg) @ rotation_x(tilt_deg) @ rotation_z(narot_deg)
+    return (rotation_z(narot_deg) @ rotation_x(tilt_deg) @ rotation_z(tdrot_deg)).T
 
 
 def matrix_to_dynamo_zxz(matrix: np.ndarray) -> tuple[float, float, float]:
     """Active rotation matrix to Dynamo (tdrot, tilt, narot) in degrees, tilt in [0, 180]."""
-    return _matrix_to_zxz(matrix)
+    narot, tilt, tdrot = _decompose(
+        np.asarray(matrix, dtype=float).T, "x", gimbal_into_first=False
+    )
+    return tdrot, tilt, narot
 
 
 def eman_to_matrix(az_deg: float, alt_deg: float, phi_deg: float) -> np.ndarray:
     """EMAN2 Euler angles (degrees) to the active rotation matrix, shape (3, 3)."""
-    return (rotation_z(phi_deg) @ rotation_x(alt_deg) @ rotation_z(az_deg)).T
+    return rotation_z(az_deg) @ rotation_x(alt_deg) @ rotation_z(phi_deg)
 
 
 def matrix_to_eman(matrix: np.ndarray) -> tuple[float, float, float]:
     """Active rotation matrix to EMAN2 (az, alt, phi) in degrees, alt in [0, 180]."""
-    phi, alt, az = _matrix_to_zxz(np.asarray(matrix, dtype=float).T)
-    if alt in (0.0, 180.0) or abs(np.sin(np.radians(alt))) <= _GIMBAL_EPS:
-        # keep the convention "last angle is zero at gimbal lock": move the in-plane angle to az
-        az, phi = (phi if alt < 90 else -phi), 0.0
+    az, alt, phi = _decompose(np.asarray(matrix, dtype=float), "x", gimbal_into_first=True)
     return az, alt, phi
 
 
-def _matrix_to_zxz(matrix: np.ndarray) -> tuple[float, float, float]:
-    m = np.asarray(matrix, dtype=float)
-    sin_tilt = np.hypot(m[2, 0], m[2, 1])
-    tilt = np.arctan2(sin_tilt, m[2, 2])
-    if sin_tilt > _GIMBAL_EPS:
-        first = np.arctan2(m[0, 2], -m[1, 2])
-        last = np.arctan2(m[2, 0], m[2, 1])
-    else:  # tilt 0 or 180: Rz(a) Rx(0|180) has m[1,0] = sin a, m[0,0] = cos a
-        first, last = np.arctan2(m[1, 0], m[0, 0]), 0.0
-    return float(np.degrees(first)), float(np.degrees(tilt)), float(np.degrees(last))
+def _decompose(m: np.ndarray, middle_axis: str, gimbal_into_first: bool) -> tuple[float, ...]:
+    """Angles (a, b, c) in degrees with ``m = Rz(a) @ R_middle(b) @ Rz(c)``, b in [0, 180].
+
+    At gimbal lock only a + c (b = 0) or a - c (b = 180) is defined; it goes into ``a`` when
+    ``gimbal_into_first`` and into ``c`` otherwise, the other angle being 0.
+    """
+    sin_b = np.hypot(m[2, 0], m[2, 1])
+    b = np.arctan2(sin_b, m[2, 2])
+    if sin_b > _GIMBAL_EPS:
+        if middle_axis == "y":  # Rz(a) Ry(b) Rz(c): column 2 = (ca sb, sa sb, cb)
+            a = np.arctan2(m[1, 2], m[0, 2])
+            c = np.arctan2(m[2, 1], -m[2, 0])
+        else:  # Rz(a) Rx(b) Rz(c): column 2 = (sa sb, -ca sb, cb)
+            a = np.arctan2(m[0, 2], -m[1, 2])
+            c = np.arctan2(m[2, 0], m[2, 1])
+        return _wrap(a), float(np.degrees(b)), _wrap(c)
+    # b = 0: m = Rz(a + c); b = 180: the upper 2x2 block is a reflection fixing the middle axis
+    in_plane = np.arctan2(m[1, 0], m[0, 0])
+    if m[2, 2] > 0:
+        a, c = (in_plane, 0.0) if gimbal_into_first else (0.0, in_plane)
+    elif middle_axis == "y":  # Rz(a) Ry(180) Rz(c) has m[0,0] = -cos(a - c), m[1,0] = -sin(a - c)
+        difference = np.arctan2(-m[1, 0], -m[0, 0])
+        a, c = (difference, 0.0) if gimbal_into_first else (0.0, -difference)
+    else:  # Rz(a) Rx(180) Rz(c) has m[0,0] = cos(a - c), m[1,0] = sin(a - c)
+        a, c = (in_plane, 0.0) if gimbal_into_first else (0.0, -in_plane)
+    return _wrap(a), float(np.degrees(b)), _wrap(c)
+
+
+def _wrap(angle_rad: float) -> float:
+    """Degrees in (-180, 180]."""
+    degrees = float(np.degrees(angle_rad))
+    degrees = (degrees + 180.0) % 360.0 - 180.0
+    return 180.0 if degrees == -180.0 else degrees
