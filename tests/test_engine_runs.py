@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from tomoweave.api import Project
@@ -120,3 +121,37 @@ def test_a_copied_project_still_opens_and_finds_its_files(tmp_path, stack_factor
     rerun = moved.run("tiltseries.bin", inputs={"tilt_series": "import"}, params={"binning": 4},
                       executor="inline")
     assert rerun.state == "finished"
+
+
+def test_watch_mode_import_feeds_a_downstream_run_as_series_arrive(tmp_path, shared_data):
+    import mrcfile
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    project = Project.init(tmp_path / "project")
+
+    def acquire(name: str) -> None:
+        with mrcfile.new(incoming / f"{name}.mrc") as stack:
+            stack.set_data(np.zeros((41, 16, 16), dtype=np.float32))
+            stack.voxel_size = 5.4
+        text = (shared_data / "serialem" / "TS_01.mdoc").read_text()
+        (incoming / f"{name}.mdoc").write_text(text.replace("TS_01.mrc", f"{name}.mrc"))
+
+    acquire("TS_01")
+    importer = project.create_run("import.mdoc", params={
+        "files": [str(incoming / "*.mdoc")], "watch": True, "settle_s": 0.2,
+        "stop_after_idle_s": 4.0, "dose_per_tilt_e_a2": 3.0}, name="import", executor="inline")
+    consumer = project.create_run("tiltseries.bin", {"tilt_series": "import"}, {"binning": 2},
+                                  name="bin", executor="inline")
+    threads = [threading.Thread(target=lambda n=n: Project.open(project.root).execute(
+        n, executor="inline")) for n in (importer.name, consumer.name)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.5)
+    time.sleep(1.5)
+    assert [ts.name for ts in project.items("bin")] == ["TS_01"]  # processed before the end
+    acquire("TS_02")
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(ts.name for ts in project.items("bin")) == ["TS_01", "TS_02"]
+    assert project.get_run("bin").state == "finished"

@@ -108,6 +108,8 @@ class Project:
                                       stored_inputs, executor,
                                       lambda run_id: self.layout.run_folder(run_id, protocol))
         self.layout.make_run_folders(record.folder)
+        for output_name, spec in protocol_class.outputs.items():  # open: items may still come
+            self.catalog.ensure_set(record.id, output_name, spec.item_type.__name__)
         return Run(self, record)
 
     def run(self, protocol: str, inputs: dict[str, Any] | None = None,

@@ -85,6 +85,11 @@ class Protocol:
             raise NotImplementedError(f"{self.name}: protocols without a mapped input define plan()")
         return [Task(key=item.name, payload=item) for item in inputs.get(mapped, [])]
 
+    def still_producing(self, params: BaseModel, idle_seconds: float) -> bool:
+        """True while a source protocol may still find new tasks (e.g. watching a folder);
+        ``idle_seconds`` is the time since the last new task appeared."""
+        return False
+
     def process(self, item: Any, params: BaseModel, context: Any) -> dict[str, Any]:
         raise NotImplementedError(f"{self.name} does not implement process()")
 

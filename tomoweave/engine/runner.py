@@ -53,6 +53,7 @@ class RunScheduler:
             self.catalog.update_run(self.run.id, state=state, finished=time.time(), error=None)
         except BaseException as error:
             self.log.write(f"run failed: {error}\n{traceback.format_exc()}")
+            self._close_outputs()
             self.catalog.update_run(self.run.id, state="failed", finished=time.time(),
                                     error=f"{type(error).__name__}: {error}")
             raise
@@ -77,10 +78,14 @@ class RunScheduler:
 
     def _loop(self) -> None:
         submitted: set[str] = set()
+        last_new_task = time.time()
         while True:
-            still_open = inputs_open(self.catalog, self.input_set_ids)
+            still_open = inputs_open(self.catalog, self.input_set_ids) or \
+                self.protocol.still_producing(self.params, time.time() - last_new_task)
             inputs, origin = load_input_items(self.catalog, self.protocol_class, self.input_set_ids)
             tasks = [t for t in self.protocol.plan(self.params, inputs) if t.key not in submitted]
+            if tasks:
+                last_new_task = time.time()
             if self.progress is not None:
                 self.progress.add_total(len(tasks))
             for task in tasks:
@@ -139,9 +144,12 @@ class RunScheduler:
         if self.progress is not None:
             self.progress.advance()
 
-    def _final_state(self) -> str:
-        for output_set in self.output_sets.values():
+    def _close_outputs(self) -> None:
+        for output_set in getattr(self, "output_sets", {}).values():
             self.catalog.set_state(output_set.id, "closed")
+
+    def _final_state(self) -> str:
+        self._close_outputs()
         if self.counts["failed"] == 0:
             return "finished"
         if self.counts["done"] + self.counts["skipped"] > 0:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from tomoweave.engine import InputError, Output, ProcessContext, Protocol, Task, param
+from tomoweave.engine import InputError, ItemError, Output, ProcessContext, Protocol, Task, param
 from tomoweave.formats.mdoc import MdocError, MdocTiltSeries, read_mdoc
 from tomoweave.formats.mrc import MrcError, mrc_header_info
 from tomoweave.model import Acquisition, TiltImage, TiltSeries
@@ -38,6 +39,12 @@ class MdocParams(MicroscopeParams):
     exclude_tilts_deg: list[float] = param([], unit="°", help="nominal tilts to mark excluded")
     missing_frames: Literal["error", "exclude"] = param(
         "error", help="a tilt whose movie is missing: stop with an error, or exclude the tilt")
+    watch: bool = param(False, help="keep watching for new .mdoc files while the microscope "
+                        "collects; later runs process each tilt series as it arrives")
+    settle_s: float = param(30.0, ge=0, unit="s", help="in watch mode, an .mdoc unchanged for "
+                            "this long is taken as complete")
+    stop_after_idle_s: float = param(1800.0, gt=0, unit="s", help="in watch mode, stop when no "
+                                     "new tilt series has arrived for this long")
 
 
 class ImportMdoc(Protocol):
@@ -49,17 +56,28 @@ class ImportMdoc(Protocol):
     outputs = {"tilt_series": Output(TiltSeries)}
 
     def plan(self, params: MdocParams, inputs: dict[str, Any]) -> list[Task]:
-        tasks = []
-        for path in expand_files(params.files, ".mdoc"):
-            try:
-                mdoc = read_mdoc(path)
-            except MdocError as error:
-                raise InputError(f"{path}: {error}") from None
-            sources = _locate_sources(path, mdoc, params)
-            tasks.append(Task(key=series_name(path), payload={"mdoc": str(path), **sources}))
-        return tasks
+        if params.watch:
+            return [Task(key=series_name(p), payload={"mdoc": str(p), "check": True})
+                    for p in settled_files(params.files, params.settle_s)]
+        return [self._checked_task(path, params) for path in expand_files(params.files)]
+
+    def still_producing(self, params: MdocParams, idle_seconds: float) -> bool:
+        return params.watch and idle_seconds < params.stop_after_idle_s
+
+    def _checked_task(self, path: Path, params: MdocParams) -> Task:
+        try:
+            mdoc = read_mdoc(path)
+        except MdocError as error:
+            raise InputError(f"{path}: {error}") from None
+        sources = _locate_sources(path, mdoc, params)
+        return Task(key=series_name(path), payload={"mdoc": str(path), **sources})
 
     def process(self, payload: dict, params: MdocParams, context: ProcessContext) -> dict:
+        if payload.get("check"):  # watch mode: a bad file fails its own item, not the session
+            try:
+                payload = self._checked_task(Path(payload["mdoc"]), params).payload
+            except InputError as error:
+                raise ItemError(str(error)) from None
         mdoc = read_mdoc(payload["mdoc"])
         name = series_name(Path(payload["mdoc"]))
         acquisition = _acquisition(mdoc, params)
@@ -166,7 +184,14 @@ def series_name(path: Path) -> str:
     return name
 
 
-def expand_files(patterns: list[str], expected_suffix: str | None = None) -> list[Path]:
+def settled_files(patterns: list[str], settle_s: float) -> list[Path]:
+    """Files matching the patterns that have not changed for ``settle_s`` seconds."""
+    now = time.time()
+    found = {Path(m).resolve() for p in patterns for m in glob.glob(os.path.expanduser(p))}
+    return sorted(p for p in found if p.is_file() and now - p.stat().st_mtime >= settle_s)
+
+
+def expand_files(patterns: list[str]) -> list[Path]:
     """Paths from file names and wildcards; a pattern that matches nothing is an error."""
     paths: list[Path] = []
     for pattern in patterns:
