@@ -1,0 +1,134 @@
+"""Image formation: phase from the projected potential, CTF per height, dose damping, noise.
+
+Model per tilt (weak-phase object, exponentiated so intensities stay positive for gold):
+
+    phase(x)     = sigma(V) · ∫ excess potential dz           (rad; per height slab s)
+    contrast(x)  = Σ_s F⁻¹[ CTF(defocus_tilt + z_s) · D(k, dose) · F[phase_s] ]
+    intensity(x) = exp(−path_ice / λ_inelastic) · exp(2 · contrast(x))
+    counts(x)    = Poisson(dose_per_tilt · pixel_size² · intensity(x))
+
+``CTF`` is tomoweave.algorithms.ctf_model's −sin(χ) (underfocus positive), so dense objects are
+dark. ``z_s`` is the height of slab s along the beam (third row of the projection matrix, Å,
++z towards the source) and defocus grows with it: defocus(point) = defocus_tilt + z. This gives
+the defocus gradient across a tilted image. ``D`` is Grant & Grigorieff's (2015) exposure
+damping at the dose received half-way through the tilt's exposure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import fft
+
+from tomoweave.algorithms.ctf_model import ctf_2d, electron_wavelength_a, frequency_grid_2d
+
+ELECTRON_REST_ENERGY_KEV = 510.99895
+
+
+def interaction_constant_rad_per_v_a(voltage_kv: float) -> float:
+    """Phase shift per volt·Å of projected potential (relativistic), rad/(V·Å)."""
+    wavelength_a = electron_wavelength_a(voltage_kv)
+    energy = voltage_kv
+    return float(2 * np.pi / (wavelength_a * voltage_kv * 1e3)
+                 * (ELECTRON_REST_ENERGY_KEV + energy) / (2 * ELECTRON_REST_ENERGY_KEV + energy))
+
+
+def critical_exposure_e_a2(frequency_inv_a: np.ndarray) -> np.ndarray:
+    """Grant & Grigorieff (2015) critical exposure at spatial frequency k (1/Å), e/Å²."""
+    k = np.maximum(frequency_inv_a, 1e-6)
+    return 0.245 * k ** -1.665 + 2.81
+
+
+def padded_shape(shape_yx: tuple[int, int], pad_px: int) -> tuple[int, int]:
+    return tuple(fft.next_fast_len(n + 2 * pad_px) for n in shape_yx)
+
+
+def contrast_image(slabs_v_a: np.ndarray, heights_a: np.ndarray, pixel_size_a: float,
+                   ctf: dict, exposure_e_a2: float | None, pad_px: int,
+                   ctf_on: bool = True) -> np.ndarray:
+    """Contrast on a padded grid (ny + 2·pad, nx + 2·pad, rounded up to fast FFT sizes).
+
+    ``ctf`` holds defocus_u_a, defocus_v_a, astigmatism_angle_deg, voltage_kv,
+    spherical_aberration_mm, amplitude_contrast. ``exposure_e_a2`` None disables damping.
+    """
+    n_slabs, ny, nx = slabs_v_a.shape
+    shape = padded_shape((ny, nx), pad_px)
+    sigma = interaction_constant_rad_per_v_a(ctf["voltage_kv"])
+    spectrum_total = np.zeros((shape[0], shape[1] // 2 + 1), dtype=np.complex64)
+    padded = np.zeros(shape, dtype=np.float32)
+    for slab, height_a in zip(slabs_v_a, heights_a, strict=True):
+        if not slab.any():
+            continue
+        padded[pad_px:pad_px + ny, pad_px:pad_px + nx] = slab * sigma
+        spectrum = fft.rfft2(padded, workers=-1)
+        if ctf_on:
+            spectrum *= ctf_2d(shape, pixel_size_a, ctf["defocus_u_a"] + height_a,
+                               ctf["defocus_v_a"] + height_a, ctf["astigmatism_angle_deg"],
+                               ctf["voltage_kv"], ctf["spherical_aberration_mm"],
+                               ctf["amplitude_contrast"], rfft=True)
+        spectrum_total += spectrum
+    if exposure_e_a2 is not None and exposure_e_a2 > 0:
+        fy, fx = frequency_grid_2d(shape, pixel_size_a, rfft=True)
+        frequency = np.sqrt(fx * fx + fy * fy)
+        spectrum_total *= np.exp(-exposure_e_a2 / (2 * critical_exposure_e_a2(frequency)))
+    if not ctf_on:  # without a CTF, show density dark as a microscope in underfocus would
+        spectrum_total *= -1
+    return fft.irfft2(spectrum_total, shape, workers=-1).astype(np.float32)
+
+
+def expected_counts(contrast: np.ndarray, ice_path_a: float, mean_free_path_a: float,
+                    dose_e_a2: float, pixel_size_a: float) -> np.ndarray:
+    """Noise-free electron counts per pixel."""
+    mean = np.exp(-ice_path_a / mean_free_path_a)
+    return (dose_e_a2 * pixel_size_a**2 * mean * np.exp(2.0 * contrast)).astype(np.float32)
+
+
+def crop(padded: np.ndarray, pad_px: int, shape_yx: tuple[int, int]) -> np.ndarray:
+    return padded[..., pad_px:pad_px + shape_yx[0], pad_px:pad_px + shape_yx[1]]
+
+
+def fourier_shift(image: np.ndarray, shift_xy_px: tuple[float, float]) -> np.ndarray:
+    """Shift an image by (dx, dy) pixels (content moves to +x, +y), periodic."""
+    fy, fx = frequency_grid_2d(image.shape, 1.0, rfft=True)
+    phase = np.exp(-2j * np.pi * (fx * shift_xy_px[0] + fy * shift_xy_px[1]))
+    spectrum = fft.rfft2(image, workers=-1) * phase
+    return fft.irfft2(spectrum, image.shape, workers=-1).astype(np.float32)
+
+
+def drift_trajectory_px(n_frames: int, total_px: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth drift path (n_frames, 2) in px starting at (0, 0): fast first, then slowing down."""
+    if n_frames == 1 or total_px == 0:
+        return np.zeros((n_frames, 2))
+    direction = rng.uniform(0, 2 * np.pi)
+    bend = rng.uniform(-0.6, 0.6)
+    progress = 1.0 - np.exp(-3.0 * np.arange(n_frames) / (n_frames - 1))
+    progress /= progress[-1]
+    angle = direction + bend * progress
+    steps = np.diff(progress, prepend=0.0)[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
+    return np.cumsum(steps, axis=0) * total_px
+
+
+def movie_frames(expected_padded: np.ndarray, pad_px: int, shape_yx: tuple[int, int],
+                 drift_px: np.ndarray, noise_on: bool, rng: np.random.Generator) -> np.ndarray:
+    """Frames (n, ny, nx): frame j sees the tilt's signal shifted by drift_px[j], with 1/n of
+    its dose and its own Poisson noise."""
+    n_frames = len(drift_px)
+    frames = np.empty((n_frames, *shape_yx), dtype=np.float32)
+    for index, shift in enumerate(drift_px):
+        signal = crop(fourier_shift(expected_padded / n_frames, tuple(shift)), pad_px, shape_yx)
+        signal = np.clip(signal, 0.0, None)
+        frames[index] = rng.poisson(signal).astype(np.float32) if noise_on else signal
+    return frames
+
+
+def align_and_sum_frames(frames: np.ndarray, drift_px: np.ndarray, pad_px: int) -> np.ndarray:
+    """Sum of frames moved back by their drift (the perfectly motion-corrected tilt image).
+
+    Frames are padded with their mean before shifting so edges do not wrap around.
+    """
+    n_frames, ny, nx = frames.shape
+    total = np.zeros((ny, nx), dtype=np.float64)
+    for frame, shift in zip(frames, drift_px, strict=True):
+        padded = np.pad(frame, pad_px, mode="constant", constant_values=float(frame.mean()))
+        back = fourier_shift(padded, (-shift[0], -shift[1]))
+        total += back[pad_px:pad_px + ny, pad_px:pad_px + nx]
+    return total.astype(np.float32)
