@@ -42,9 +42,13 @@ def test_euler_angles_come_back_exactly_away_from_gimbal_lock():
     assert np.allclose(matrix_to_eman(eman_to_matrix(15, 95, -60)), (15, 95, -60))
 
 
-def test_relion_tilt_rotates_z_towards_x():
-    # rot=0, tilt=90, psi=0 turns the reference's Z axis onto +X (RELION's projection direction)
-    assert np.allclose(relion_zyz_to_matrix(0, 90, 0) @ [0, 0, 1], [1, 0, 0], atol=1e-12)
+def test_relion_projection_direction_lands_on_the_beam():
+    # RELION views the reference along (cos rot sin tilt, sin rot sin tilt, cos tilt): rotating
+    # the reference into the particle must bring that direction onto the beam (+Z)
+    for rot, tilt, psi in [(0, 90, 0), (30, 50, -70), (-120, 10, 45)]:
+        direction = [np.cos(np.radians(rot)) * np.sin(np.radians(tilt)),
+                     np.sin(np.radians(rot)) * np.sin(np.radians(tilt)), np.cos(np.radians(tilt))]
+        assert np.allclose(relion_zyz_to_matrix(rot, tilt, psi) @ direction, [0, 0, 1], atol=1e-12)
 
 
 
