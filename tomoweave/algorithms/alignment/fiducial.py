@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tomoweave.algorithms.alignment.beads import detect_beads, refine_centres
-from tomoweave.algorithms.alignment.solver import AlignmentSolution, solve_alignment
+from tomoweave.algorithms.alignment.offset import tilt_offset_from_intensity
+from tomoweave.algorithms.alignment.solver import (
+    AlignmentSolution,
+    flatten_points,
+    set_tilt_offset,
+    solve_alignment,
+)
 from tomoweave.algorithms.alignment.tracking import fill_gaps, track_beads
 from tomoweave.algorithms.alignment.xcorr import bin_image, binned_to_full_px, coarse_align
 
@@ -50,8 +56,40 @@ def detect_in_stack(stack: np.ndarray, bead_diameter_px: float, threshold: float
     return detections
 
 
+TILT_OFFSET_METHODS = ("auto", "intensity", "beads", "none")
+
+
+def choose_tilt_offset(
+    solution: AlignmentSolution, mean_intensity: np.ndarray, method: str, log: list[str]
+) -> AlignmentSolution:
+    """Set the tilt offset of a solution (fitted at nominal tilts) by ``method``.
+
+    ``intensity``: Beer-Lambert fit of the mean intensity per tilt; ``beads``: make the points
+    flat (best with beads on both surfaces of the section); ``auto``: intensity when its fit is
+    good, else beads when they form two surface layers, else none.
+    """
+    if method not in TILT_OFFSET_METHODS:
+        raise ValueError(f"tilt_offset_method must be one of {TILT_OFFSET_METHODS}, got {method!r}")
+    if method == "none":
+        return solution
+    nominal = solution.y_tilt_deg
+    offset, ratio, misfit = tilt_offset_from_intensity(mean_intensity, nominal)
+    intensity_ok = ratio > 0.02 and misfit < 0.1 * ratio
+    log.append(f"intensity fit: offset {offset:.3f}°, thickness/mean free path {ratio:.3f}, "
+               f"misfit {misfit:.4f} ({'usable' if intensity_ok else 'not usable'})")
+    if method == "intensity" or (method == "auto" and intensity_ok):
+        return set_tilt_offset(solution, offset)
+    flat_offset, x_tilt, layers = flatten_points(solution.points_px[solution.kept_points], log)
+    if method == "beads" or layers == 2:
+        return set_tilt_offset(solution, flat_offset, x_tilt)
+    log.append("tilt offset left at 0: no usable intensity curve and no bead layers")
+    return solution
+
+
 def solve_covered(observations, tilts_deg, z_rot_deg, min_points_per_tilt=3, **options):
-    """Solve on the tilts that have at least ``min_points_per_tilt`` tracked points."""
+    """Solve on the tilts that have at least ``min_points_per_tilt`` tracked points.
+
+    The offset is left at 0 (see :func:`choose_tilt_offset`)."""
     counts = np.isfinite(observations[..., 0]).sum(axis=0)
     solved = counts >= min_points_per_tilt
     if solved.sum() < 3:
@@ -59,7 +97,7 @@ def solve_covered(observations, tilts_deg, z_rot_deg, min_points_per_tilt=3, **o
             f"only {int(solved.sum())} tilts have {min_points_per_tilt} or more tracked points"
         )
     solution = solve_alignment(observations[:, solved], np.asarray(tilts_deg)[solved], z_rot_deg,
-                               **options)
+                               solve_tilt_offset=False, **options)
     return solution, solved
 
 
@@ -71,6 +109,7 @@ def align_with_beads(
     threshold: float = 8.0,
     search_radius_px: float | None = None,
     min_track_fraction: float = 0.3,
+    tilt_offset_method: str = "auto",
     **solver_options,
 ) -> TrackedSolution:
     """Detect, track and solve a gold-bead alignment of one tilt series.
@@ -91,6 +130,8 @@ def align_with_beads(
         Tracking search radius; default twice the bead diameter.
     min_track_fraction : float
         Tracks seen in fewer than this fraction of the tilts are dropped before solving.
+    tilt_offset_method : {"auto", "intensity", "beads", "none"}
+        How the tilt-angle offset is measured (see :func:`choose_tilt_offset`).
     solver_options
         Passed to :func:`solve_alignment` (z_rot_mode, solve_magnification, ...).
 
@@ -138,4 +179,6 @@ def align_with_beads(
         solved = solved_again
     log.append(f"gap filling added {added} positions")
     log.extend(solution.log)
+    means = stack.mean(axis=(1, 2))[solved]
+    solution = choose_tilt_offset(solution, means, tilt_offset_method, log)
     return TrackedSolution(solution, solved, full, coarse, log)

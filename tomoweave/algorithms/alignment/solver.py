@@ -21,7 +21,7 @@ beyond a multiple of a robust (median-based) scale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -210,8 +210,8 @@ def _robust_threshold(values: np.ndarray, k: float, rayleigh: bool) -> float:
     return max(median + k * mad, 1.5 * median)
 
 
-def _flatten(points: np.ndarray, log: list[str]) -> tuple[float, float]:
-    """Tilt-angle offset and x tilt (degrees) that make the points lie in planes parallel to XY.
+def flatten_points(points: np.ndarray, log: list[str]) -> tuple[float, float, int]:
+    """Tilt-angle offset, x tilt (degrees) and layer count that make points lie flat in XY.
 
     Points on the two surfaces of a section form two parallel layers: fit one plane slope with
     one height per layer. Layers are split at the largest gap of heights, first of z itself (the
@@ -219,12 +219,12 @@ def _flatten(points: np.ndarray, log: list[str]) -> tuple[float, float]:
     """
     if len(points) < 4:
         log.append("flatten: fewer than 4 points, tilt offset not measured")
-        return 0.0, 0.0
+        return 0.0, 0.0, 0
     centred = points - points.mean(axis=0)
     spread_xy = np.sqrt(np.clip(np.linalg.eigvalsh(np.cov(centred[:, :2].T)), 0, None))
     if spread_xy.min() < 1e-6:
         log.append("flatten: points are collinear, tilt offset not measured")
-        return 0.0, 0.0
+        return 0.0, 0.0, 0
     height = centred[:, 2]
     for _ in range(3):
         layer = _split_layers(height)
@@ -237,8 +237,9 @@ def _flatten(points: np.ndarray, log: list[str]) -> tuple[float, float]:
     normal /= np.linalg.norm(normal)
     offset_deg = float(np.degrees(np.arctan2(normal[0], normal[2])))
     x_tilt_deg = float(np.degrees(np.arcsin(-normal[1])))
-    log.append(f"flatten: {len(np.unique(layer))} layer(s), offset {offset_deg:.3f}°")
-    return offset_deg, x_tilt_deg
+    layers = len(np.unique(layer))
+    log.append(f"flatten: {layers} layer(s), offset {offset_deg:.3f}°, x tilt {x_tilt_deg:.3f}°")
+    return offset_deg, x_tilt_deg, layers
 
 
 def _split_layers(height: np.ndarray) -> np.ndarray:
@@ -421,45 +422,64 @@ def _check_coverage(keep, tilts, z_rot_mode, solve_mag) -> None:
 
 def _finish(observations, keep, fit: _Fit, tilts, solve_tilt_offset, initial_obs, log):
     kept_points = keep.any(axis=1)
-    offset_deg, x_tilt_deg = 0.0, 0.0
-    points = fit.points.copy()
-    if solve_tilt_offset:
-        offset_deg, x_tilt_deg = _flatten(points[kept_points], log)
-        flatten = rotation_x(-x_tilt_deg) @ rotation_y(-offset_deg)
-        points = points @ flatten.T
-    y_tilt = tilts + offset_deg
-    mag = np.exp(fit.log_mag)
-    rotations = np.stack(
-        [_rotation(z, t, x_tilt_deg) for z, t in zip(fit.z_rot, y_tilt, strict=True)]
-    )
-    scaled = mag[:, None, None] * rotations[:, :2, :]  # (T, 2, 3)
-    translation = _gauge_translation(points[kept_points], fit.shifts, scaled)
-    points = points - translation
-    shifts = fit.shifts + scaled @ translation
-    final = _Fit(points, shifts, fit.z_rot, fit.log_mag)
-    residual = _residuals(observations, final, y_tilt, x_tilt_deg)
+    residual = _residuals(observations, fit, tilts, 0.0)
     residual[~keep] = np.nan
     norms = np.linalg.norm(residual, axis=2)
     with np.errstate(invalid="ignore"):
         tilt_residual = np.nanmean(np.where(keep, norms, np.nan), axis=0)
+    points = fit.points.copy()
     points[~kept_points] = np.nan
-    return AlignmentSolution(
-        y_tilt_deg=y_tilt,
-        x_tilt_deg=x_tilt_deg,
+    solution = AlignmentSolution(
+        y_tilt_deg=np.asarray(tilts, dtype=float).copy(),
+        x_tilt_deg=0.0,
         z_rot_deg=np.asarray(fit.z_rot, dtype=float),
-        shifts_px=shifts,
-        magnification=mag,
+        shifts_px=fit.shifts.copy(),
+        magnification=np.exp(fit.log_mag),
         points_px=points,
         kept_points=kept_points,
         kept_observations=keep,
         residuals_px=residual,
         tilt_residual_px=tilt_residual,
         mean_residual_px=float(norms[keep].mean()) if keep.any() else float("nan"),
-        tilt_offset_deg=offset_deg,
+        tilt_offset_deg=0.0,
         rejected_observations=initial_obs - int(keep.sum()),
         rejected_points=int((np.isfinite(observations[..., 0]).sum(axis=1) > 0).sum())
         - int(kept_points.sum()),
         log=log,
+    )
+    offset_deg, x_tilt_deg = 0.0, 0.0
+    if solve_tilt_offset:
+        offset_deg, x_tilt_deg, _ = flatten_points(points[kept_points], log)
+    return set_tilt_offset(solution, offset_deg, x_tilt_deg)
+
+
+def set_tilt_offset(
+    solution: AlignmentSolution, offset_deg: float, x_tilt_deg: float = 0.0
+) -> AlignmentSolution:
+    """The same fit with the tilt-angle offset (and x tilt) set; projections do not change.
+
+    Turning all points by ``Rx(-x_tilt) @ Ry(-offset)`` and adding the offset to every tilt
+    angle is an exact reparametrisation; afterwards the translation gauge is fixed again (mean
+    point height 0, smallest shifts). Applies to a solution without offset and x tilt.
+    """
+    if solution.tilt_offset_deg != 0.0 or solution.x_tilt_deg != 0.0:
+        raise ValueError("set_tilt_offset needs a solution without tilt offset and x tilt")
+    turn = rotation_x(-x_tilt_deg) @ rotation_y(-offset_deg)
+    kept = solution.kept_points
+    points = solution.points_px @ turn.T
+    y_tilt = solution.y_tilt_deg + offset_deg
+    rotations = np.stack(
+        [_rotation(z, t, x_tilt_deg) for z, t in zip(solution.z_rot_deg, y_tilt, strict=True)]
+    )
+    scaled = solution.magnification[:, None, None] * rotations[:, :2, :]  # (T, 2, 3)
+    translation = _gauge_translation(points[kept], solution.shifts_px, scaled)
+    return replace(
+        solution,
+        y_tilt_deg=y_tilt,
+        x_tilt_deg=float(x_tilt_deg),
+        tilt_offset_deg=float(offset_deg),
+        points_px=points - translation,
+        shifts_px=solution.shifts_px + scaled @ translation,
     )
 
 

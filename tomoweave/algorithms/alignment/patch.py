@@ -1,0 +1,197 @@
+"""Marker-free alignment by patch tracking.
+
+A grid of patches is laid on the tilt nearest 0°. Each patch is followed outwards tilt by tilt:
+the patch of the inner tilt is stretched into the geometry of the next tilt (cosine stretching
+across the tilt axis) and cross-correlated with the window where the coarse alignment predicts
+it; the correlation peak gives the patch centre in the new tilt. A track ends where the peak is
+weak or the window leaves the image. The chained centres are points of the specimen like beads,
+and the same model solver turns them into the alignment.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tomoweave.algorithms.alignment.fiducial import (
+    NoBeadsError,
+    TrackedSolution,
+    choose_tilt_offset,
+    coarse_shifts_full_px,
+    solve_covered,
+)
+from tomoweave.algorithms.alignment.xcorr import (
+    bandpass,
+    bin_image,
+    binned_to_full_px,
+    correlation_shift,
+    stretch_matrix,
+    taper,
+    tilt_order,
+    warp_centered,
+)
+
+
+def _window(image: np.ndarray, centre_px: np.ndarray, size: int) -> np.ndarray | None:
+    """The size×size window of ``image`` whose centre index (size // 2) is at ``centre_px``.
+
+    ``centre_px`` is an integer (x, y) position from the image centre; None when it leaves the
+    image.
+    """
+    ny, nx = image.shape
+    x0 = int(centre_px[0]) + nx // 2 - size // 2
+    y0 = int(centre_px[1]) + ny // 2 - size // 2
+    if x0 < 0 or y0 < 0 or x0 + size > nx or y0 + size > ny:
+        return None
+    return image[y0 : y0 + size, x0 : x0 + size]
+
+
+def patch_grid(
+    shape_yx: tuple[int, int], patch_size_px: int, spacing_px: float, margin_px: int
+) -> np.ndarray:
+    """Patch centres (x, y), px from the image centre, on a square grid inside the margins."""
+    limits = [(s // 2 - patch_size_px // 2 - margin_px) for s in shape_yx[::-1]]
+    axes = []
+    for limit in limits:
+        count = max(1, int(2 * limit // spacing_px) + 1)
+        axes.append(np.round(np.linspace(-limit, limit, count)) if limit > 0 else np.zeros(1))
+    gx, gy = np.meshgrid(axes[0], axes[1])
+    return np.column_stack([gx.ravel(), gy.ravel()])
+
+
+class _PatchMatcher:
+    """Cross-correlation of one inner-tilt patch (stretched) with the outer-tilt window."""
+
+    def __init__(self, patch_size_px: int, lowpass: float, highpass: float):
+        self.size = patch_size_px
+        self.big = int(np.ceil(1.5 * patch_size_px / 2)) * 2
+        self.window = taper((patch_size_px, patch_size_px), 0.25)
+        self.weights = bandpass((patch_size_px, patch_size_px), lowpass, highpass)
+
+    def prepare(self, patch: np.ndarray) -> np.ndarray:
+        patch = patch - patch.mean()
+        return (patch * self.window).astype(np.float32)
+
+    def match(self, inner_image, outer_image, position, predicted, matrix):
+        """New position (x, y) in the outer tilt and the peak strength, or (None, 0)."""
+        inner_centre = np.round(position)
+        outer_centre = np.round(predicted)
+        big = _window(inner_image, inner_centre, self.big)
+        outer = _window(outer_image, outer_centre, self.size)
+        if big is None or outer is None:
+            return None, 0.0
+        stretched = warp_centered(big, np.linalg.inv(matrix))
+        start = self.big // 2 - self.size // 2
+        reference = stretched[start : start + self.size, start : start + self.size]
+        displacement, strength = correlation_shift(
+            self.prepare(reference), self.prepare(outer), self.size / 4, self.weights
+        )
+        return outer_centre + matrix @ (position - inner_centre) + displacement, strength
+
+
+def track_patches(
+    stack: np.ndarray,
+    tilts_deg: np.ndarray,
+    z_rot_deg: float,
+    coarse_shifts_px: np.ndarray,
+    patch_size_px: int = 64,
+    spacing_px: float | None = None,
+    min_strength: float = 5.0,
+    lowpass: float = 0.5,
+    highpass: float = 0.05,
+) -> np.ndarray:
+    """Follow a grid of patches from the tilt nearest 0° outwards.
+
+    Parameters
+    ----------
+    stack : array (T, Y, X)
+    tilts_deg : array (T,)
+        Nominal tilt angles in stack order, degrees.
+    z_rot_deg : float
+        Nominal in-plane rotation (tilt-axis angle), degrees.
+    coarse_shifts_px : array (T, 2)
+        Coarse shifts in pixels of ``stack`` (predict where each patch goes).
+    patch_size_px : int
+        Side of the square patches, px.
+    spacing_px : float, optional
+        Grid spacing; default ``0.75 * patch_size_px``.
+    min_strength : float
+        A match whose correlation peak is weaker (in standard deviations of the correlation map)
+        ends the track.
+
+    Returns
+    -------
+    observations_px : array (P, T, 2), patch centres (x, y) from the image centre; NaN where lost.
+    """
+    stack = np.asarray(stack, dtype=np.float32)
+    tilts = np.asarray(tilts_deg, dtype=float)
+    coarse = np.asarray(coarse_shifts_px, dtype=float)
+    spacing = 0.75 * patch_size_px if spacing_px is None else spacing_px
+    margin = int(np.ceil(0.25 * patch_size_px)) + 2
+    ref, chains = tilt_order(tilts)
+    start = patch_grid(stack.shape[1:], patch_size_px, spacing, margin)
+    observations = np.full((len(start), len(tilts), 2), np.nan)
+    observations[:, ref] = start
+    matcher = _PatchMatcher(patch_size_px, lowpass, highpass)
+    for chain in chains:
+        for inner, outer in zip(chain[:-1], chain[1:], strict=True):
+            matrix = stretch_matrix(tilts[outer], tilts[inner], z_rot_deg)
+            for p in np.nonzero(np.isfinite(observations[:, inner, 0]))[0]:
+                position = observations[p, inner]
+                predicted = matrix @ (position - coarse[inner]) + coarse[outer]
+                found, strength = matcher.match(
+                    stack[inner], stack[outer], position, predicted, matrix
+                )
+                if found is not None and strength >= min_strength:
+                    observations[p, outer] = found
+    return observations
+
+
+def align_with_patches(
+    stack: np.ndarray,
+    tilts_deg: np.ndarray,
+    z_rot_deg: float,
+    patch_size_px: int = 64,
+    max_size_px: int = 512,
+    min_strength: float = 5.0,
+    min_track_fraction: float = 0.3,
+    tilt_offset_method: str = "auto",
+    **solver_options,
+) -> TrackedSolution:
+    """Marker-free alignment: coarse xcorr, patch tracking on a binned copy, model solve.
+
+    ``patch_size_px`` is in pixels of the binned copy (largest side ≤ ``max_size_px``); the
+    result is in pixels of ``stack``. ``solver_options`` go to :func:`solve_alignment`.
+    """
+    tilts = np.asarray(tilts_deg, dtype=float)
+    stack = np.asarray(stack, dtype=np.float32)
+    if stack.ndim != 3 or stack.shape[0] != len(tilts):
+        raise ValueError(f"stack must be (T, Y, X) with T = {len(tilts)}, got {stack.shape}")
+    if len(tilts) < 3:
+        raise ValueError(f"alignment needs at least 3 tilts, got {len(tilts)}")
+    factor = max(1, int(np.ceil(max(stack.shape[1:]) / max_size_px)))
+    if min(stack.shape[1:]) // factor < 2 * patch_size_px:
+        raise ValueError(
+            f"patch_size_px {patch_size_px} is too large for images of {stack.shape[2]}×"
+            f"{stack.shape[1]} px binned {factor}×"
+        )
+    coarse = coarse_shifts_full_px(stack, tilts, z_rot_deg, max_size_px)
+    binned = np.stack([bin_image(image, factor) for image in stack])
+    tracks = track_patches(binned, tilts, z_rot_deg, coarse / factor, patch_size_px,
+                           min_strength=min_strength)
+    size_xy = (stack.shape[2], stack.shape[1])
+    observations = binned_to_full_px(tracks, factor, size_xy) if factor > 1 else tracks
+    long_enough = np.isfinite(observations[..., 0]).sum(axis=1) >= max(
+        3, min_track_fraction * len(tilts)
+    )
+    observations = observations[long_enough]
+    log = [f"{len(tracks)} patches, {int(long_enough.sum())} tracked through "
+           f"≥{min_track_fraction:.0%} of tilts (binning {factor})"]
+    if len(observations) < 3:
+        raise NoBeadsError(f"only {len(observations)} patches could be tracked through the series")
+    solution, solved = solve_covered(observations, tilts, z_rot_deg, **solver_options)
+    full = np.full((len(observations), len(tilts), 2), np.nan)
+    full[:, solved] = observations[:, solved]
+    log.extend(solution.log)
+    means = stack.mean(axis=(1, 2))[solved]
+    solution = choose_tilt_offset(solution, means, tilt_offset_method, log)
+    return TrackedSolution(solution, solved, full, coarse, log)
