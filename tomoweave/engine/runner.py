@@ -63,6 +63,9 @@ class RunScheduler:
         return state
 
     def _start(self) -> None:
+        outputs = self.layout.root / self.run.folder / "outputs"
+        for leftover in outputs.rglob(".*.tmp"):  # half-written files of an interrupted attempt
+            leftover.unlink()
         self.output_sets = {
             name: self.catalog.ensure_set(self.run.id, name, spec.item_type.__name__)
             for name, spec in self.protocol_class.outputs.items()
