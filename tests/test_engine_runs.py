@@ -155,3 +155,17 @@ def test_watch_mode_import_feeds_a_downstream_run_as_series_arrive(tmp_path, sha
         thread.join(timeout=60)
     assert sorted(ts.name for ts in project.items("bin")) == ["TS_01", "TS_02"]
     assert project.get_run("bin").state == "finished"
+
+
+def test_the_same_run_on_a_dask_cluster_gives_the_same_result(tmp_path, stack_factory):
+    project = Project.init(tmp_path / "project")
+    _import_stacks(project, stack_factory, 3)
+    local = project.run("tiltseries.bin", inputs={"tilt_series": "import"}, params={"binning": 2},
+                        executor="inline")
+    on_dask = project.run("tiltseries.bin", inputs={"tilt_series": "import"},
+                          params={"binning": 2}, executor="dask", workers=2)
+    assert on_dask.state == "finished"
+    assert on_dask.record.provenance["executor"] == "DaskExecutor"
+    for a, b in zip(project.items(local), project.items(on_dask), strict=True):
+        np.testing.assert_array_equal(read_mrc(project.path(a.tilts[0].image_path))[0],
+                                      read_mrc(project.path(b.tilts[0].image_path))[0])
