@@ -128,8 +128,15 @@ def show_command(reference: str = typer.Argument(..., help="RUN or RUN.OUTPUT"),
 
 @handle_errors
 def protocols_command(name: str = typer.Argument(None, help="one protocol to describe"),
-                      as_json: bool = JsonOption) -> None:
+                      as_json: bool = JsonOption,
+                      markdown: bool = typer.Option(False, "--markdown",
+                                                    help="reference documentation")) -> None:
     """List the registered protocols (or describe one)."""
+    if markdown:
+        from tomoweave.docs import protocols_markdown
+
+        typer.echo(protocols_markdown())
+        return
     if name:
         description = get_protocol(name).describe()
         if as_json:
