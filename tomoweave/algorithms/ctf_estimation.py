@@ -31,11 +31,12 @@ from scipy import optimize
 
 from tomoweave.algorithms.ctf_model import electron_wavelength_a
 
-# Sign of the defocus gradient across the tilt axis. With the projection model of
-# tomoweave.geometry (image X' = cos(tilt) x, z' = -sin(tilt) x for a specimen point at x), a
-# point at image distance d across the axis sits at height z' = -d tan(tilt); this constant is
-# d(defocus)/d(d tan(tilt)), matching tomoweave.sim (checked in tests/test_ctf_estimation.py).
-DEFOCUS_GRADIENT_SIGN = 1.0
+# Sign of the defocus gradient across the tilt axis. In the projection model of tomoweave.geometry
+# (P = Rz(z_rot) Ry(tilt)), a specimen-plane point whose image lies at distance d along the image
+# of the tomogram X axis, (cos z_rot, sin z_rot), sits at height z' = -d tan(tilt); +z' points to
+# the source and defocus grows with it (tomoweave.sim.imaging: defocus(point) = defocus + z'), so
+# defocus = defocus_axis - d tan(tilt). Checked against the simulator in tests.
+DEFOCUS_GRADIENT_SIGN = -1.0
 
 
 @dataclass
@@ -79,7 +80,7 @@ def estimate_ctf(
     spherical_aberration_mm: float = 2.7,
     amplitude_contrast: float = 0.07,
     tilt_deg: float = 0.0,
-    tilt_axis_deg: float = 0.0,
+    z_rot_deg: float = 0.0,
     nominal_defocus_a: float | None = None,
     min_defocus_a: float = 3000.0,
     max_defocus_a: float = 80000.0,
@@ -99,15 +100,18 @@ def estimate_ctf(
         Pixel size, Å.
     tilt_deg : float
         Tilt of the specimen, degrees (0 for a micrograph).
-    tilt_axis_deg : float
-        Direction of the tilt axis in the image, degrees from X counter-clockwise (the
-        ``z_rot_deg`` of the alignment).
+    z_rot_deg : float
+        In-plane rotation of the projection model (the alignment's ``z_rot_deg``; the SerialEM
+        tilt-axis angle when no alignment is known). The defocus changes along the image of the
+        tomogram X axis, (cos z_rot, sin z_rot).
     nominal_defocus_a : float, optional
         The microscope's defocus setting; breaks near-ties of the coarse search.
     min_defocus_a, max_defocus_a : float
         Search range of the coarse search, Å.
     min_resolution_a, max_resolution_a : float
-        Fit range, Å (low and high resolution end).
+        Fit range, Å (low and high resolution end). The high end is kept below 0.95 Nyquist
+        and below the frequency where Thon rings alias in a tile; the low end moves down to
+        0.3 Nyquist when the pixel size is coarse.
     tile_px : int
         Tile size at the fitting pixel size, px.
     """
@@ -123,12 +127,12 @@ def estimate_ctf(
         tile_px=tile_px,
         tile_spread_a=tile_px * fit_pixel_a * abs(np.tan(np.radians(tilt_deg))),
     )
-    groups = _tile_groups(binned, setup, tilt_deg, tilt_axis_deg)
+    groups = _tile_groups(binned, setup, tilt_deg, z_rot_deg)
     nyquist = 0.5 / fit_pixel_a
-    k_lo = 1.0 / min_resolution_a
+    # Coarse pixels leave few rings between the fit-range ends: start lower then.
+    k_lo = min(1.0 / min_resolution_a, 0.3 * nyquist)
     k_hi_user = min(1.0 / max_resolution_a, 0.95 * nyquist)
-    k_hi_coarse = min(k_hi_user, max(_alias_limit(setup, max_defocus_a), 1.0 / 12.0))
-    defocus_a, phase_deg = _coarse_search(groups, setup, k_lo, k_hi_coarse, min_defocus_a,
+    defocus_a, phase_deg = _coarse_search(groups, setup, k_lo, k_hi_user, min_defocus_a,
                                           max_defocus_a, nominal_defocus_a, fit_phase_shift)
     max_offset = max(abs(g.offset_a) for g in groups)
     k_hi = min(k_hi_user, _alias_limit(setup, 1.1 * defocus_a + max_offset))
@@ -154,9 +158,9 @@ def estimate_ctf(
     )
 
 
-def local_defocus_offset_a(x_a, y_a, tilt_deg: float, tilt_axis_deg: float):
+def local_defocus_offset_a(x_a, y_a, tilt_deg: float, z_rot_deg: float):
     """Defocus offset (Å) at image position (x_a, y_a) Å from the centre of a tilted image."""
-    across = x_a * np.cos(np.radians(tilt_axis_deg)) + y_a * np.sin(np.radians(tilt_axis_deg))
+    across = x_a * np.cos(np.radians(z_rot_deg)) + y_a * np.sin(np.radians(z_rot_deg))
     return DEFOCUS_GRADIENT_SIGN * across * np.tan(np.radians(tilt_deg))
 
 
@@ -180,8 +184,6 @@ def _check_arguments(image, pixel_size_a, min_defocus_a, max_defocus_a, min_res_
     if not max_res_a < min_res_a:
         raise ValueError(f"max_resolution_a ({max_res_a}) must be finer than min_resolution_a "
                          f"({min_res_a})")
-    if min_res_a <= 2 * pixel_size_a:
-        raise ValueError(f"min_resolution_a {min_res_a} Å is beyond Nyquist ({2 * pixel_size_a} Å)")
 
 
 def _clean_image(image: np.ndarray) -> np.ndarray:
@@ -209,12 +211,12 @@ def _bin_to_fit(image: np.ndarray, pixel_size_a: float, max_resolution_a: float)
 
 
 def _tile_size(shape, tile_px: int) -> int:
-    limit = min(shape)
-    size = min(int(tile_px), limit)
-    return max(64, _even(size))
+    """The requested tile size, but small enough that at least 3×3 overlapping tiles fit."""
+    size = min(int(tile_px), min(shape) // 2)
+    return max(64, _even(min(size, min(shape))))
 
 
-def _tile_groups(image, setup: _Setup, tilt_deg: float, tilt_axis_deg: float) -> list[_Group]:
+def _tile_groups(image, setup: _Setup, tilt_deg: float, z_rot_deg: float) -> list[_Group]:
     """Mean tile power spectra grouped by the defocus offset of the tile centres."""
     tile = setup.tile_px
     ny, nx = image.shape
@@ -230,7 +232,7 @@ def _tile_groups(image, setup: _Setup, tilt_deg: float, tilt_axis_deg: float) ->
             batch.append((piece - piece.mean()) * window)
             centre_x = (x0 + tile / 2 - nx / 2) * setup.pixel_size_a
             centre_y = (y0 + tile / 2 - ny / 2) * setup.pixel_size_a
-            offsets.append(local_defocus_offset_a(centre_x, centre_y, tilt_deg, tilt_axis_deg))
+            offsets.append(local_defocus_offset_a(centre_x, centre_y, tilt_deg, z_rot_deg))
         power = np.abs(scipy.fft.rfft2(np.array(batch), workers=-1)) ** 2
         spectra.extend(power.astype(np.float32))
     offsets = np.array(offsets, dtype=float)
@@ -354,7 +356,11 @@ def _lsq_fit(background_basis, envelope_basis, ctf2, values):
 # --- 1. coarse search ---------------------------------------------------------------------------
 
 def _coarse_search(groups, setup, k_lo, k_hi, min_defocus_a, max_defocus_a, nominal_a, fit_phase):
-    """Best (defocus, phase) of the 1D model over a log grid; nominal defocus breaks near-ties."""
+    """Best (defocus, phase) of the 1D model over a log grid; nominal defocus breaks near-ties.
+
+    Each trial defocus is scored up to the frequency where its own rings would alias, so small
+    defoci use the whole range and large ones are not judged on aliased rings.
+    """
     prepared = []
     for group in groups:
         k_bins, profile, _ = _radial_profiles(group, setup, k_lo, k_hi)
@@ -362,16 +368,29 @@ def _coarse_search(groups, setup, k_lo, k_hi, min_defocus_a, max_defocus_a, nomi
             raise ValueError(
                 f"fit range {1 / k_lo:.1f}-{1 / k_hi:.1f} Å holds only {len(k_bins)} spectrum "
                 f"rings at tile size {setup.tile_px}; widen the range or use larger tiles")
-        background = _basis(k_bins, k_bins[0], k_bins[-1], _BACKGROUND_DEGREE)
-        envelope = _basis(k_bins, k_bins[0], k_bins[-1], _ENVELOPE_DEGREE)
-        _, rss_background = np.linalg.lstsq(background, profile, rcond=None)[:2]
-        rss_background = float(rss_background[0]) if len(rss_background) else 1e-30
-        prepared.append((group, k_bins**2, profile, background, envelope, max(rss_background,
-                                                                              1e-30)))
+        prepared.append((group, k_bins, profile))
+    max_offset = max(abs(g.offset_a) for g in groups)
+    cache: dict[tuple[int, int], tuple] = {}
+
+    def fit_parts(index, count):
+        key = (index, count)
+        if key not in cache:
+            group, k_bins, profile = prepared[index]
+            k = k_bins[:count]
+            background = _basis(k, k[0], k[-1], _BACKGROUND_DEGREE)
+            envelope = _basis(k, k[0], k[-1], _ENVELOPE_DEGREE)
+            residual = profile[:count] - background @ np.linalg.lstsq(
+                background, profile[:count], rcond=None)[0]
+            cache[key] = (k * k, profile[:count], background, envelope,
+                          max(float(residual @ residual), 1e-30))
+        return cache[key]
 
     def score(defocus_a, phase_deg):
         total = 0.0
-        for group, k2, profile, background, envelope, rss_background in prepared:
+        limit = _alias_limit(setup, defocus_a + max_offset)
+        for index, (group, k_bins, _) in enumerate(prepared):
+            count = max(12, int(np.searchsorted(k_bins, limit, side="right")))
+            k2, profile, background, envelope, rss_background = fit_parts(index, count)
             ctf2 = _ctf_squared(k2, defocus_a + group.offset_a, setup, phase_deg,
                                 _total_spread(group, setup))
             _, rss = _lsq_fit(background, envelope, ctf2, profile)
@@ -494,7 +513,12 @@ def _refine_2d(points, setup, defocus_a, phase_deg, fit_astigmatism, fit_phase):
         return params
 
     def cost(x):
-        return -_score(points, setup, full(x))
+        params = full(x)
+        # Stay near the coarse solution: the 1D search already chose the right basin.
+        if not 0.7 * defocus_a < params[0] < 1.3 * defocus_a or np.hypot(
+                params[1], params[2]) > 0.4 * params[0]:
+            return 1.0
+        return -_score(points, setup, params)
 
     starts = [np.array([defocus_a, 0.0, 0.0, phase_deg])]
     if fit_astigmatism:
