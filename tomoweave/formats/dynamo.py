@@ -1,0 +1,181 @@
+"""Dynamo tables (.tbl, via ``dynamotable``) and .em volumes.
+
+Table positions are columns x, y, z (24-26) plus the shifts dx, dy, dz (4-6), in pixels of the
+tomogram the table refers to, counted MATLAB-style from 1: voxel 1 is the first voxel, so the
+centre voxel ``N // 2`` (0-based) is ``N // 2 + 1`` in Dynamo. Angles tdrot, tilt, narot (7-9)
+go through ``geometry.dynamo_zxz_to_matrix``. Column 20 ``tomo`` is the tomogram index; a
+``.doc`` table map (index -> tomogram file) gives the names, else the index is the name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import dynamotable
+import numpy as np
+import pandas as pd
+
+from tomoweave.geometry import dynamo_zxz_to_matrix, matrix_to_dynamo_zxz
+from tomoweave.model import Particle
+
+_POSITION = ("x", "y", "z")
+_SHIFT = ("dx", "dy", "dz")
+_ANGLES = ("tdrot", "tilt", "narot")
+_MIN_COLUMNS = 26  # up to z
+
+
+class DynamoFormatError(ValueError):
+    """A malformed Dynamo file; names the file, line/column and what was expected."""
+
+
+def read_dynamo_table(
+    path: str | Path,
+    pixel_size_a: float | None,
+    tomo_size_xyz: tuple[int, int, int] | Mapping[str, tuple[int, int, int]],
+    table_map: str | Path | None = None,
+) -> list[Particle]:
+    """Particles of a Dynamo table; ``pixel_size_a`` defaults to the apix column (36)."""
+    path = Path(path)
+    _check_rows(path)
+    table = dynamotable.read(str(path))
+    names = _tomogram_names(table, table_map)
+    pixel = pixel_size_a or (float(table["apix"].iloc[0]) if "apix" in table.columns else 0.0)
+    if not pixel or pixel <= 0:
+        raise DynamoFormatError(f"{path.name}: column 36 (apix) is 0 or absent; give the pixel "
+                                f"size of the table's tomograms (--pixel-size)")
+    particles = []
+    for row in range(len(table)):
+        values = table.iloc[row]
+        name = names[row]
+        size = np.asarray(_size_for(tomo_size_xyz, name, path))
+        index0 = np.array([values[c] + values[d] for c, d in zip(_POSITION, _SHIFT, strict=True)])
+        centred = (index0 - 1.0 - size // 2) * pixel
+        rotation = dynamo_zxz_to_matrix(*(float(values[a]) for a in _ANGLES))
+        particles.append(Particle(
+            name=f"{name}/{int(values['tag'])}", tomogram=name,
+            position_a=tuple(float(v) for v in centred), rotation=rotation.tolist(),
+            score=float(values["cc"]) if "cc" in table.columns else None,
+            class_id=int(values["class"]) if "class" in table.columns else None))
+    return particles
+
+
+def write_dynamo_table(
+    path: str | Path,
+    particles: Sequence[Particle],
+    pixel_size_a: float,
+    tomo_size_xyz: tuple[int, int, int] | Mapping[str, tuple[int, int, int]],
+) -> dict[int, str]:
+    """Write a Dynamo table (shifts 0, positions in pixels from 1) and its .doc tomogram map.
+
+    Returns the map of tomogram index (column 20) to tomogram name.
+    """
+    path = Path(path)
+    names = list(dict.fromkeys(p.tomogram for p in particles))
+    index_of = {name: i + 1 for i, name in enumerate(names)}
+    rows = []
+    for tag, particle in enumerate(particles, start=1):
+        size = np.asarray(_size_for(tomo_size_xyz, particle.tomogram, path))
+        position = np.asarray(particle.position_a) / pixel_size_a + size // 2 + 1.0
+        tdrot, tilt, narot = matrix_to_dynamo_zxz(particle.rotation_matrix)
+        rows.append({"tag": tag, "aligned_value": 1, "tdrot": tdrot, "tilt": tilt,
+                     "narot": narot, "cc": particle.score or 0.0,
+                     "tomo": index_of[particle.tomogram], "class": particle.class_id or 1,
+                     "x": position[0], "y": position[1], "z": position[2],
+                     "apix": pixel_size_a})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.tbl")
+    dynamotable.write(pd.DataFrame(rows), str(temporary))
+    temporary.replace(path)
+    doc = path.with_suffix(".doc")
+    doc.write_text("".join(f"{index_of[n]} {n}\n" for n in names), encoding="utf-8")
+    return {i: n for n, i in index_of.items()}
+
+
+def _check_rows(path: Path) -> None:
+    """Every row needs at least 26 numeric columns; name the first line that has not."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        raise DynamoFormatError(f"{path.name}: cannot read: {error.strerror}") from error
+    rows = 0
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        rows += 1
+        if len(fields) < _MIN_COLUMNS:
+            raise DynamoFormatError(f"{path.name}: line {number}: expected at least "
+                                    f"{_MIN_COLUMNS} columns (up to x y z), got {len(fields)}")
+        for column, value in enumerate(fields, start=1):
+            try:
+                float(value)
+            except ValueError as error:
+                raise DynamoFormatError(f"{path.name}: line {number}, column {column}: expected "
+                                        f"a number, got {value!r}") from error
+    if not rows:
+        raise DynamoFormatError(f"{path.name}: empty table")
+
+
+def _tomogram_names(table: pd.DataFrame, table_map: str | Path | None) -> list[str]:
+    indices = table["tomo"].astype(int).tolist() if "tomo" in table.columns else [0] * len(table)
+    mapping: dict[int, str] = {}
+    if table_map is not None and Path(table_map).is_file():
+        for line in Path(table_map).read_text(encoding="utf-8").splitlines():
+            parts = line.split(maxsplit=1)
+            if len(parts) == 2:
+                mapping[int(parts[0])] = Path(parts[1].strip()).stem
+    return [mapping.get(i, str(i)) for i in indices]
+
+
+def _size_for(sizes, name: str, path: Path) -> tuple[int, int, int]:
+    if isinstance(sizes, Mapping):
+        if name not in sizes:
+            raise DynamoFormatError(f"{path.name}: no tomogram size for tomogram {name!r}")
+        return tuple(sizes[name])
+    if sizes is None:
+        raise DynamoFormatError(f"{path.name}: Dynamo positions count from the tomogram corner; "
+                                f"give the tomogram size (--tomo-size X Y Z)")
+    return tuple(sizes)
+
+
+# --- .em volumes: a 512-byte header (machine, dims as int32 at bytes 4-16) then the data ---
+
+_EM_TYPES = {1: np.int8, 2: np.int16, 4: np.int32, 5: np.float32, 9: np.float64}
+_EM_CODES = {np.dtype(v): k for k, v in _EM_TYPES.items()}
+
+
+def read_em(path: str | Path) -> np.ndarray:
+    """An .em volume as float32 in MRC order [z, y, x]."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if len(raw) < 512:
+        raise DynamoFormatError(f"{path.name}: shorter than the 512-byte EM header")
+    machine, data_type = raw[0], raw[3]
+    endian = "<" if machine == 6 else ">"
+    if data_type not in _EM_TYPES:
+        raise DynamoFormatError(f"{path.name}: unknown EM data type code {data_type}")
+    nx, ny, nz = np.frombuffer(raw[4:16], dtype=f"{endian}i4")
+    dtype = np.dtype(_EM_TYPES[data_type]).newbyteorder(endian)
+    expected = int(nx) * int(ny) * int(nz) * dtype.itemsize
+    if len(raw) - 512 < expected:
+        raise DynamoFormatError(f"{path.name}: header says {nx}×{ny}×{nz} but the file holds "
+                                f"{len(raw) - 512} data bytes, expected {expected}")
+    data = np.frombuffer(raw[512:512 + expected], dtype=dtype).reshape(int(nz), int(ny), int(nx))
+    return data.astype(np.float32)
+
+
+def write_em(path: str | Path, volume: np.ndarray) -> None:
+    """Write a volume [z, y, x] as a little-endian float32 .em file (atomic)."""
+    volume = np.ascontiguousarray(volume, dtype="<f4")
+    if volume.ndim == 2:
+        volume = volume[None]
+    header = bytearray(512)
+    header[0], header[3] = 6, _EM_CODES[np.dtype(np.float32)]
+    nz, ny, nx = volume.shape
+    header[4:16] = np.array([nx, ny, nz], dtype="<i4").tobytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(bytes(header) + volume.tobytes())
+    temporary.replace(path)

@@ -1,0 +1,213 @@
+"""RELION particle STAR files: RELION 5 (centred Å) and RELION 3/4 (pixels from the corner).
+
+Positions. RELION 5 writes ``rlnCenteredCoordinateX/Y/ZAngst``: Å from the tomogram centre, the
+same quantity as ``Particle.position_a``, so they are copied. RELION 3/4 write
+``rlnCoordinateX/Y/Z`` in pixels from voxel 0 of the tomogram at a given pixel size; the centre is
+voxel ``N // 2`` (``geometry.pixels_to_centered_a``), so those need the tomogram size and pixel
+size. ``rlnOriginX/Y/ZAngst`` (RELION 3.1+) is the shift of the particle from the coordinate that
+refinement found: the particle is at ``coordinate − origin``, and we write origin 0.
+
+Orientations. ``rlnAngleRot/Tilt/Psi`` go through ``geometry.relion_zyz_to_matrix``. RELION 5
+may also carry ``rlnTomoSubtomogramRot/Tilt/Psi`` (the frame the subtomogram was extracted in);
+the particle's pose is then ``A_subtomogram @ A_angles`` (RELION's ``ParticleSet`` composes the
+two matrices in that order), which we compose on reading and never write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tomoweave.formats.star_io import (
+    StarFormatError,
+    numeric_column,
+    read_star_blocks,
+    require_columns,
+    write_star_blocks,
+)
+from tomoweave.geometry import (
+    centered_a_to_pixels,
+    matrix_to_relion_zyz,
+    pixels_to_centered_a,
+    relion_zyz_to_matrix,
+)
+from tomoweave.model import Particle
+
+ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+SUBTOMO_ANGLES = ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
+CENTRED = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
+           "rlnCenteredCoordinateZAngst")
+CORNER = ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")
+ORIGIN = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
+
+
+def _particles_block(path: Path) -> tuple[str, pd.DataFrame, dict]:
+    blocks = read_star_blocks(path)
+    if "particles" in blocks:
+        name = "particles"
+    else:
+        name = next((k for k, v in blocks.items() if isinstance(v, pd.DataFrame)
+                     and any(c in v.columns for c in CENTRED + CORNER)), "")
+    if not name:
+        raise StarFormatError(f"{path.name}: no data_particles block with particle coordinates "
+                              f"(_rlnCenteredCoordinateXAngst or _rlnCoordinateX)")
+    return name, blocks[name], blocks
+
+
+def read_relion5_particles(path: str | Path) -> list[Particle]:
+    """Particles of a RELION 5 particles STAR (centred coordinates in Å)."""
+    path = Path(path)
+    block, table, _ = _particles_block(path)
+    require_columns(table, ("rlnTomoName", *CENTRED), path, block,
+                    "RELION 5 particle positions (Å from the tomogram centre)")
+    centred = np.stack([numeric_column(table, c, path, block) for c in CENTRED], axis=1)
+    return _particles(path, block, table, centred - _origins(path, block, table))
+
+
+def read_relion4_particles(
+    path: str | Path,
+    pixel_size_a: float | None = None,
+    tomo_size_xyz: tuple[int, int, int] | Mapping[str, tuple[int, int, int]] | None = None,
+) -> list[Particle]:
+    """Particles of a RELION 3/4 STAR: ``rlnCoordinateX/Y/Z`` in pixels from the corner.
+
+    ``pixel_size_a`` is the pixel size the coordinates are in (default: the optics table's
+    rlnTomoTiltSeriesPixelSize, rlnImagePixelSize or rlnDetectorPixelSize); ``tomo_size_xyz`` the
+    tomogram size in those pixels, one for all or one per rlnTomoName/rlnMicrographName.
+    """
+    path = Path(path)
+    block, table, blocks = _particles_block(path)
+    tomo_column = "rlnTomoName" if "rlnTomoName" in table.columns else "rlnMicrographName"
+    require_columns(table, (tomo_column, *CORNER), path, block,
+                    "particle positions in pixels from the tomogram corner")
+    pixel = pixel_size_a or _optics_pixel_size(blocks)
+    if not pixel:
+        raise StarFormatError(f"{path.name}: no pixel size in data_optics; give the pixel size "
+                              f"the coordinates are in (--pixel-size)")
+    if tomo_size_xyz is None:
+        raise StarFormatError(f"{path.name}: RELION 3/4 coordinates count from the tomogram "
+                              f"corner; give the tomogram size (--tomo-size X Y Z)")
+    corner = np.stack([numeric_column(table, c, path, block) for c in CORNER], axis=1)
+    names = table[tomo_column].astype(str).to_numpy()
+    centred = np.array([
+        pixels_to_centered_a(p, _size_for(tomo_size_xyz, n, path), pixel)
+        for p, n in zip(corner, names, strict=True)
+    ]).reshape(-1, 3)
+    return _particles(path, block, table.assign(rlnTomoName=names),
+                      centred - _origins(path, block, table))
+
+
+def _particles(path: Path, block: str, table: pd.DataFrame, positions: np.ndarray) -> list[Particle]:
+    rotations = _rotations(path, block, table)
+    names = table["rlnTomoName"].astype(str).to_numpy()
+    ids = (table["rlnTomoParticleName"].astype(str).to_numpy() if "rlnTomoParticleName"
+           in table.columns else [f"{n}/{i + 1}" for i, n in enumerate(names)])
+    classes = (numeric_column(table, "rlnClassNumber", path, block).to_numpy()
+               if "rlnClassNumber" in table.columns else None)
+    scores = (numeric_column(table, "rlnMaxValueProbDistribution", path, block).to_numpy()
+              if "rlnMaxValueProbDistribution" in table.columns else None)
+    return [
+        Particle(name=str(ids[i]), tomogram=str(names[i]),
+                 position_a=tuple(float(v) for v in positions[i]),
+                 rotation=rotations[i].tolist(),
+                 class_id=int(classes[i]) if classes is not None else None,
+                 score=float(scores[i]) if scores is not None else None)
+        for i in range(len(table))
+    ]
+
+
+def _rotations(path: Path, block: str, table: pd.DataFrame) -> np.ndarray:
+    count = len(table)
+    rotations = np.repeat(np.eye(3)[None], count, axis=0)
+    if any(c in table.columns for c in ANGLES):
+        require_columns(table, ANGLES, path, block, "particle orientations")
+        angles = np.stack([numeric_column(table, c, path, block) for c in ANGLES], axis=1)
+        rotations = np.array([relion_zyz_to_matrix(*a) for a in angles])
+    if any(c in table.columns for c in SUBTOMO_ANGLES):
+        require_columns(table, SUBTOMO_ANGLES, path, block, "the subtomogram frame")
+        frames = np.stack([numeric_column(table, c, path, block) for c in SUBTOMO_ANGLES], axis=1)
+        rotations = np.array([relion_zyz_to_matrix(*f) @ r for f, r in zip(frames, rotations,
+                                                                            strict=True)])
+    return rotations
+
+
+def _origins(path: Path, block: str, table: pd.DataFrame) -> np.ndarray:
+    if not any(c in table.columns for c in ORIGIN):
+        return np.zeros((len(table), 3))
+    require_columns(table, ORIGIN, path, block, "the refined particle shifts")
+    return np.stack([numeric_column(table, c, path, block) for c in ORIGIN], axis=1)
+
+
+def _optics_pixel_size(blocks: dict) -> float | None:
+    optics = blocks.get("optics")
+    if not isinstance(optics, pd.DataFrame):
+        return None
+    for column in ("rlnTomoTiltSeriesPixelSize", "rlnImagePixelSize", "rlnDetectorPixelSize"):
+        if column in optics.columns:
+            return float(optics[column].iloc[0])
+    return None
+
+
+def _size_for(sizes, name: str, path: Path) -> tuple[int, int, int]:
+    if isinstance(sizes, Mapping):
+        if name not in sizes:
+            raise StarFormatError(f"{path.name}: no tomogram size for {name!r}")
+        return tuple(sizes[name])
+    return tuple(sizes)
+
+
+def _angle_columns(particles: Sequence[Particle]) -> dict[str, list[float]]:
+    angles = np.array([matrix_to_relion_zyz(p.rotation_matrix) for p in particles]).reshape(-1, 3)
+    return {column: angles[:, i].tolist() for i, column in enumerate(ANGLES)}
+
+
+def _optics(pixel_size_a: float, voltage_kv: float, cs_mm: float, amplitude: float) -> pd.DataFrame:
+    return pd.DataFrame([{"rlnOpticsGroup": 1, "rlnOpticsGroupName": "opticsGroup1",
+                          "rlnVoltage": voltage_kv, "rlnSphericalAberration": cs_mm,
+                          "rlnAmplitudeContrast": amplitude,
+                          "rlnTomoTiltSeriesPixelSize": pixel_size_a}])
+
+
+def write_relion5_particles(
+    path: str | Path, particles: Sequence[Particle], pixel_size_a: float,
+    voltage_kv: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.1,
+) -> None:
+    """Write a RELION 5 particles STAR (optics + particles, centred Å, origin 0)."""
+    positions = np.array([p.position_a for p in particles], dtype=float).reshape(-1, 3)
+    table = {"rlnTomoName": [p.tomogram for p in particles],
+             "rlnTomoParticleName": [p.name for p in particles]}
+    table.update({c: positions[:, i].tolist() for i, c in enumerate(CENTRED)})
+    table.update(_angle_columns(particles))
+    table.update({c: [0.0] * len(particles) for c in ORIGIN})
+    table["rlnOpticsGroup"] = [1] * len(particles)
+    if any(p.class_id is not None for p in particles):
+        table["rlnClassNumber"] = [p.class_id or 1 for p in particles]
+    write_star_blocks(path, {
+        "general": {"rlnTomoSubTomosAre2DStacks": 1},
+        "optics": _optics(pixel_size_a, voltage_kv, cs_mm, amplitude_contrast),
+        "particles": pd.DataFrame(table)})
+
+
+def write_relion4_particles(
+    path: str | Path, particles: Sequence[Particle], pixel_size_a: float,
+    tomo_size_xyz: tuple[int, int, int] | Mapping[str, tuple[int, int, int]],
+    voltage_kv: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.1,
+) -> None:
+    """Write a RELION 3/4 particles STAR: pixel coordinates from the corner at ``pixel_size_a``."""
+    path = Path(path)
+    corner = np.array([
+        centered_a_to_pixels(p.position_a, _size_for(tomo_size_xyz, p.tomogram, path),
+                             pixel_size_a) for p in particles]).reshape(-1, 3)
+    table = {"rlnTomoName": [p.tomogram for p in particles]}
+    table.update({c: corner[:, i].tolist() for i, c in enumerate(CORNER)})
+    table.update(_angle_columns(particles))
+    table.update({c: [0.0] * len(particles) for c in ORIGIN})
+    table["rlnOpticsGroup"] = [1] * len(particles)
+    if any(p.class_id is not None for p in particles):
+        table["rlnClassNumber"] = [p.class_id or 1 for p in particles]
+    optics = _optics(pixel_size_a, voltage_kv, cs_mm, amplitude_contrast)
+    optics["rlnImagePixelSize"] = pixel_size_a
+    write_star_blocks(path, {"optics": optics, "particles": pd.DataFrame(table)})

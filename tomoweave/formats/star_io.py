@@ -1,0 +1,81 @@
+"""STAR reading and writing shared by the RELION and Warp modules, with errors that name things."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import starfile
+
+
+class StarFormatError(ValueError):
+    """A malformed or incomplete STAR file; names the file, block/column and what was expected."""
+
+
+def read_star_blocks(path: str | Path) -> dict[str, pd.DataFrame | dict]:
+    """All data blocks of a STAR file, by name (``starfile`` with errors that name the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StarFormatError(f"{path}: no such file")
+    try:
+        blocks = starfile.read(path, always_dict=True, parse_as_string=["rlnTomoName"])
+    except Exception as error:  # starfile/pandas raise many kinds; keep the file name
+        raise StarFormatError(f"{path.name}: not a readable STAR file ({error})") from error
+    if not blocks:
+        raise StarFormatError(f"{path.name}: no data_ block")
+    return blocks
+
+
+def star_table(path: str | Path, block: str | None = None) -> pd.DataFrame:
+    """One loop block as a DataFrame: ``block`` by name, or the only/first loop block."""
+    path = Path(path)
+    blocks = read_star_blocks(path)
+    if block is not None:
+        if block not in blocks:
+            raise StarFormatError(f"{path.name}: no data_{block} block "
+                                  f"(blocks: {', '.join(blocks) or 'none'})")
+        table = blocks[block]
+    else:
+        tables = [b for b in blocks.values() if isinstance(b, pd.DataFrame)]
+        if not tables:
+            raise StarFormatError(f"{path.name}: no loop_ table")
+        table = tables[0]
+    if isinstance(table, dict):  # a single-row block written without loop_
+        table = pd.DataFrame([table])
+    return table
+
+
+def require_columns(
+    table: pd.DataFrame, columns: Iterable[str], path: str | Path, block: str, why: str
+) -> None:
+    """Raise naming the first missing column of ``columns``."""
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise StarFormatError(
+            f"{Path(path).name}: data_{block}: column _{missing[0]} missing "
+            f"(needed for {why}; columns present: {', '.join(table.columns[:12])}"
+            f"{' ...' if len(table.columns) > 12 else ''})"
+        )
+
+
+def numeric_column(table: pd.DataFrame, column: str, path: str | Path, block: str) -> pd.Series:
+    """A column as floats; a non-number names its row (1-based) and value."""
+    values = pd.to_numeric(table[column], errors="coerce")
+    bad = values.isna() & table[column].notna()
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise StarFormatError(
+            f"{Path(path).name}: data_{block}: column _{column}, row {row + 1}: expected a "
+            f"number, got {table[column].iloc[row]!r}"
+        )
+    return values.astype(float)
+
+
+def write_star_blocks(path: str | Path, blocks: dict[str, pd.DataFrame | dict]) -> None:
+    """Write blocks atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.star")
+    starfile.write(blocks, temporary, float_format="%.10g")
+    temporary.replace(path)
