@@ -166,6 +166,7 @@ def test_the_same_run_on_a_dask_cluster_gives_the_same_result(tmp_path, stack_fa
                           params={"binning": 2}, executor="dask", workers=2)
     assert on_dask.state == "finished"
     assert on_dask.record.provenance["executor"] == "DaskExecutor"
-    for a, b in zip(project.items(local), project.items(on_dask), strict=True):
+    by_name = sorted(project.items(local), key=lambda ts: ts.name)
+    for a, b in zip(by_name, sorted(project.items(on_dask), key=lambda ts: ts.name), strict=True):
         np.testing.assert_array_equal(read_mrc(project.path(a.tilts[0].image_path))[0],
                                       read_mrc(project.path(b.tilts[0].image_path))[0])

@@ -4,6 +4,9 @@
 >>> sim = project.run("simulate", params={"preset": "tiny"})
 >>> binned = project.run("tiltseries.bin", inputs={"tilt_series": sim.name}, params={"binning": 2})
 >>> project.items(binned)
+
+The ``local`` executor starts worker processes (forkserver), which import the calling script
+again: put a script's code under ``if __name__ == "__main__":`` (notebooks need nothing).
 """
 
 from __future__ import annotations
