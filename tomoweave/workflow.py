@@ -14,6 +14,7 @@ runs:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,20 @@ def load_workflow(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(entry, dict) or "protocol" not in entry:
             raise InputError(f"{path}: run #{index + 1}: 'protocol' missing")
         entry.setdefault("name", entry["protocol"])
-        entry.setdefault("params", {})
+        entry["params"] = _expand_variables(entry.get("params") or {})
         entry.setdefault("inputs", {})
     return ordered_by_dependencies(runs, path)
+
+
+def _expand_variables(value: Any) -> Any:
+    """``${NAME}`` in string parameters becomes the environment variable NAME (paths to data)."""
+    if isinstance(value, str):
+        return os.path.expandvars(value)
+    if isinstance(value, list):
+        return [_expand_variables(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand_variables(v) for k, v in value.items()}
+    return value
 
 
 def ordered_by_dependencies(runs: list[dict[str, Any]], source: Path | str) -> list[dict[str, Any]]:
@@ -88,7 +100,8 @@ def run_workflow(project: Project, path: str | Path, executor: str = "local",
             project.execute(run, executor, workers)
         finished.append(run)
         if run.state == "failed":
-            raise InputError(f"workflow stopped: run '{run.name}' failed ({run.record.error or 'see its log'})")
+            reason = run.record.error or "see its log"
+            raise InputError(f"workflow stopped: run '{run.name}' failed ({reason})")
     return finished
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from importlib.resources import files
 from pathlib import Path
@@ -77,6 +78,9 @@ def demo(directory: Path = typer.Argument(Path("demo_project"), help="project fo
     """Simulate a dataset and run the whole pipeline on it, ending with an HTML report."""
     if fresh and directory.exists():
         shutil.rmtree(directory)
+    from tomoweave.sim.templates import template_dir
+
+    os.environ.setdefault("TOMOWEAVE_TEMPLATES", str(template_dir()))
     project = Project.init(directory)
     workflow_copy = directory / "demo_workflow.yaml"
     shutil.copyfile(demo_workflow_path(), workflow_copy)
