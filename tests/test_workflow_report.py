@@ -1,0 +1,76 @@
+"""Workflows (run, export, replay), the HTML report and the methods text."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+from test_import_cli import tomoweave
+
+from tomoweave.api import Project
+from tomoweave.engine.errors import InputError
+from tomoweave.workflow import load_workflow
+
+
+def _workflow(tmp_path, stack) -> str:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"runs": [
+        {"name": "bin4", "protocol": "tiltseries.bin", "inputs": {"tilt_series": "raw"},
+         "params": {"binning": 4}},  # listed before its input: run-workflow orders them
+        {"name": "raw", "protocol": "import.tiltseries",
+         "params": {"files": ["${TEST_DATA}/" + stack.name], "dose_per_tilt_e_a2": 2.5}},
+    ]}))
+    return str(path)
+
+
+def test_run_workflow_then_export_and_replay_on_a_new_project(tmp_path, stack_factory,
+                                                               monkeypatch):
+    stack = stack_factory("TS_03", n_tilts=11)
+    monkeypatch.setenv("TEST_DATA", str(stack.parent))
+    first = tmp_path / "first"
+    tomoweave("run-workflow", _workflow(tmp_path, stack), "-p", first)
+    runs = json.loads(tomoweave("status", "-p", first, "--json").stdout)
+    assert [(r["name"], r["state"]) for r in runs] == [("raw", "finished"), ("bin4", "finished")]
+
+    exported = tmp_path / "exported.yaml"
+    tomoweave("export-workflow", "-p", first, "--out", exported)
+    replay = load_workflow(exported)
+    assert [r["name"] for r in replay] == ["raw", "bin4"]
+    assert replay[1]["params"] == {"binning": 4.0} and replay[1]["inputs"] == {"tilt_series": "raw"}
+
+    second = tmp_path / "second"
+    tomoweave("run-workflow", exported, "-p", second)
+    a, b = Project.open(first), Project.open(second)
+    assert [ts.to_record() for ts in a.items("bin4")] == [ts.to_record() for ts in b.items("bin4")]
+
+
+def test_workflow_with_a_cycle_or_no_protocol_is_rejected(tmp_path):
+    cyclic = tmp_path / "cyclic.yaml"
+    cyclic.write_text(yaml.safe_dump({"runs": [
+        {"name": "a", "protocol": "tiltseries.bin", "inputs": {"tilt_series": "b"}},
+        {"name": "b", "protocol": "tiltseries.bin", "inputs": {"tilt_series": "a"}}]}))
+    with pytest.raises(InputError, match="depends on itself"):
+        load_workflow(cyclic)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("runs:\n  - name: x\n")
+    with pytest.raises(InputError, match="broken.yaml: run #1: 'protocol' missing"):
+        load_workflow(broken)
+
+
+def test_report_shows_runs_parameters_and_a_picture_per_output(tmp_path, stack_factory):
+    stack = stack_factory("TS_05", n_tilts=11)
+    project = Project.init(tmp_path / "project")
+    project.run("import.tiltseries", params={"files": [str(stack)]}, name="raw",
+                executor="inline")
+    project.run("tiltseries.bin", inputs={"tilt_series": "raw"}, params={"binning": 2},
+                executor="inline")
+    tomoweave("report", "-p", project.root)
+    page = (project.root / "report.html").read_text()
+    assert "tiltseries.bin" in page and "binning" in page and "finished" in page
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert len(images) >= 2
+    assert all((project.root / image).is_file() for image in images)
+    methods = tomoweave("methods", "-p", project.root).stdout
+    assert "binning = 2.0" in methods and "tomoweave" in methods
