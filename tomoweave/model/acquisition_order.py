@@ -7,23 +7,28 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def dose_symmetric_order(tilts_deg: Sequence[float], group_size: int = 2) -> list[int]:
-    """Indices of ``tilts_deg`` in Hagen's dose-symmetric order.
+def dose_symmetric_order(tilts_deg: Sequence[float], group_size: int = 2,
+                         start_deg: float = 0.0) -> list[int]:
+    """Indices of ``tilts_deg`` in Hagen's dose-symmetric order, as SerialEM runs it.
 
-    Starts at the tilt nearest 0°, then alternates between the positive and the negative side in
-    groups of ``group_size`` tilts, moving outwards; the longer side finishes alone.
+    The start tilt counts as the first of a group on the positive side; then groups of
+    ``group_size`` alternate between the negative and positive sides moving outwards. With
+    groups of 2 and ±60° in 3° steps this is the order of the real TS_01.mdoc
+    (0, 3, -3, -6, 6, 9, -9, ...).
     """
     tilts = np.asarray(tilts_deg, dtype=float)
-    start = int(np.argmin(np.abs(tilts)))
-    positive = sorted((i for i in range(len(tilts)) if i != start and tilts[i] >= tilts[start]),
-                      key=lambda i: tilts[i])
-    negative = sorted((i for i in range(len(tilts)) if i != start and tilts[i] < tilts[start]),
-                      key=lambda i: -tilts[i])
-    order = [start]
-    while positive or negative:
-        for side in (positive, negative):
-            order.extend(side[:group_size])
-            del side[:group_size]
+    start = int(np.argmin(np.abs(tilts - start_deg)))
+    positive = [int(i) for i in np.argsort(tilts) if tilts[i] > tilts[start]]
+    negative = [int(i) for i in np.argsort(-tilts) if tilts[i] < tilts[start]]
+    order = [start, *positive[: group_size - 1]]
+    del positive[: group_size - 1]
+    sides = (negative, positive)
+    turn = 0
+    while negative or positive:
+        side = sides[turn % 2]
+        order.extend(side[:group_size])
+        del side[:group_size]
+        turn += 1
     return order
 
 
