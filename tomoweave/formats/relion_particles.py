@@ -91,7 +91,7 @@ def read_relion4_particles(
         raise StarFormatError(f"{path.name}: RELION 3/4 coordinates count from the tomogram "
                               f"corner; give the tomogram size (--tomo-size X Y Z)")
     corner = np.stack([numeric_column(table, c, path, block) for c in CORNER], axis=1)
-    names = table[tomo_column].astype(str).to_numpy()
+    names = np.array([n.removesuffix(".tomostar") for n in table[tomo_column].astype(str)])
     centred = np.array([
         pixels_to_centered_a(p, _size_for(tomo_size_xyz, n, path), pixel)
         for p, n in zip(corner, names, strict=True)
@@ -195,13 +195,19 @@ def write_relion4_particles(
     path: str | Path, particles: Sequence[Particle], pixel_size_a: float,
     tomo_size_xyz: tuple[int, int, int] | Mapping[str, tuple[int, int, int]],
     voltage_kv: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.1,
+    micrograph_suffix: str | None = None,
 ) -> None:
-    """Write a RELION 3/4 particles STAR: pixel coordinates from the corner at ``pixel_size_a``."""
+    """Write a RELION 3/4 particles STAR: pixel coordinates from the corner at ``pixel_size_a``.
+
+    ``micrograph_suffix`` adds rlnMicrographName = tomogram + suffix (Warp names ``.tomostar``).
+    """
     path = Path(path)
     corner = np.array([
         centered_a_to_pixels(p.position_a, _size_for(tomo_size_xyz, p.tomogram, path),
                              pixel_size_a) for p in particles]).reshape(-1, 3)
     table = {"rlnTomoName": [p.tomogram for p in particles]}
+    if micrograph_suffix is not None:
+        table["rlnMicrographName"] = [p.tomogram + micrograph_suffix for p in particles]
     table.update({c: corner[:, i].tolist() for i, c in enumerate(CORNER)})
     table.update(_angle_columns(particles))
     table.update({c: [0.0] * len(particles) for c in ORIGIN})
