@@ -80,7 +80,7 @@ def build_specimen(config: SimConfig, rng: np.random.Generator) -> Specimen:
     for vesicle in vesicles:
         _add_membrane(volume, pixel_size_a, vesicle, config.membrane_contrast_v)
     for bead in beads:
-        _add_sphere(volume, pixel_size_a, bead, bead_radius_a, config.bead_contrast_v)
+        add_sphere(volume, pixel_size_a, bead, bead_radius_a, config.bead_contrast_v)
     for particle in particles:
         template = load_template(particle.template, pixel_size_a)
         add_particle(volume, pixel_size_a, template, particle.position_a, particle.rotation,
@@ -170,7 +170,7 @@ def _box(volume: np.ndarray, pixel_size_a: float, centre_a: np.ndarray, half_a: 
     return slices, np.stack([xx, yy, zz], -1)
 
 
-def _add_sphere(volume: np.ndarray, pixel_size_a: float, centre_a: np.ndarray,
+def add_sphere(volume: np.ndarray, pixel_size_a: float, centre_a: np.ndarray,
                 radius_a: float, contrast_v: float) -> None:
     """A solid sphere whose edge is smoothed over about one voxel (band-limited, no aliasing)."""
     slices, points = _box(volume, pixel_size_a, centre_a, np.full(3, radius_a + 2 * pixel_size_a))
