@@ -1,0 +1,139 @@
+"""Viewer endpoints: slices of volumes and tilt images as PNG, project files, particles of a
+tomogram. Every path parameter is confined to the project folder (see security.confined_path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+
+from tomoweave.web import imaging
+from tomoweave.web.routes_project import access_of
+from tomoweave.web.security import confined_path
+
+router = APIRouter(prefix="/api")
+SERVED_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                   ".svg": "image/svg+xml", ".txt": "text/plain", ".log": "text/plain",
+                   ".out": "text/plain", ".json": "application/json", ".star": "text/plain",
+                   ".csv": "text/plain", ".tlt": "text/plain", ".xf": "text/plain",
+                   ".html": "text/html"}
+MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".rec", ".map")
+PNG_HEADERS = {"Cache-Control": "no-store"}
+
+
+def _mrc_path(request: Request, path: str):
+    resolved = confined_path(access_of(request).root, path)
+    if not resolved.name.lower().endswith(MRC_SUFFIXES):
+        raise HTTPException(415, f"{path}: not an MRC file")
+    return resolved
+
+
+@router.get("/volume/info")
+def volume_info(request: Request, path: str) -> dict[str, Any]:
+    info = imaging.volume_info(_mrc_path(request, path))
+    shape = info.shape_zyx if len(info.shape_zyx) == 3 else (1, *info.shape_zyx)
+    return {"size_xyz": [shape[2], shape[1], shape[0]], "pixel_size_a": info.pixel_size_a,
+            "mean": info.mean, "std": info.std}
+
+
+@router.get("/volume/slice")
+async def volume_slice(request: Request, path: str, axis: str = "z", index: int = -1,
+                       binning: int = 0, low_sigma: float = -3.0, high_sigma: float = 3.0,
+                       per_slice: bool = False) -> Response:
+    """PNG of the plane normal to ``axis`` at voxel ``index`` (centre when negative); binning 0
+    picks the smallest power of two that keeps the plane within 1024 px."""
+    resolved = _mrc_path(request, path)
+    if axis not in imaging.AXES:
+        raise HTTPException(422, {"message": "axis must be z, y or x",
+                                  "errors": [{"field": "axis", "message": "z, y or x"}]})
+    if not 0 <= binning <= 64:
+        raise HTTPException(422, {"message": "binning must be 0 (auto) to 64",
+                                  "errors": [{"field": "binning", "message": "0 to 64"}]})
+
+    def render() -> tuple[bytes, int, int]:
+        info = imaging.volume_info(resolved)
+        shape = info.shape_zyx if len(info.shape_zyx) == 3 else (1, *info.shape_zyx)
+        dim = imaging.AXES.index(axis)
+        plane_shape = tuple(n for i, n in enumerate(shape) if i != dim)
+        factor = binning or imaging.auto_binning(plane_shape)
+        at = shape[dim] // 2 if index < 0 else min(index, shape[dim] - 1)
+        plane = imaging.volume_slice(resolved, axis, at, factor)
+        low, high = imaging.contrast_limits(plane, info, low_sigma, high_sigma, per_slice)
+        return imaging.to_png(plane, low, high), factor, at
+
+    png, factor, at = await run_in_threadpool(render)
+    return Response(png, media_type="image/png",
+                    headers={**PNG_HEADERS, "X-Binning": str(factor), "X-Index": str(at)})
+
+
+@router.get("/image")
+async def tilt_image(request: Request, path: str, index: int = 0, binning: int = 0,
+                     low_sigma: float = -3.0, high_sigma: float = 3.0) -> Response:
+    """PNG of one image of a stack (a tilt), contrast from that image's own statistics."""
+    resolved = _mrc_path(request, path)
+
+    def render() -> tuple[bytes, int]:
+        info = imaging.volume_info(resolved)
+        factor = binning or imaging.auto_binning(info.shape_zyx[-2:])
+        try:
+            plane = imaging.image_plane(resolved, index, factor)
+        except IndexError as error:
+            raise HTTPException(404, str(error)) from None
+        low, high = imaging.contrast_limits(plane, None, low_sigma, high_sigma, True)
+        return imaging.to_png(plane, low, high), factor
+
+    png, factor = await run_in_threadpool(render)
+    return Response(png, media_type="image/png",
+                    headers={**PNG_HEADERS, "X-Binning": str(factor)})
+
+
+@router.get("/file")
+def project_file(request: Request, path: str) -> FileResponse:
+    """A picture, log or table inside the project (diagnostic PNGs, FSC plots, ...)."""
+    resolved = confined_path(access_of(request).root, path)
+    media_type = SERVED_SUFFIXES.get(resolved.suffix.lower())
+    if media_type is None:
+        raise HTTPException(415, f"{path}: files of type '{resolved.suffix}' are not served")
+    return FileResponse(resolved, media_type=media_type)
+
+
+@router.get("/particles")
+def particles_of_tomogram(request: Request, tomogram: str, source_run: int | None = None,
+                          source_output: str | None = None) -> list[dict[str, Any]]:
+    """Every particle set holding particles of ``tomogram``, with those particles. A set is
+    ``editable`` when a pick.manual run made it from the tomogram set (source_run, source_output)."""
+    project = access_of(request).project()
+    source_set = None
+    if source_run is not None:
+        for candidate in project.catalog.sets_of_run(source_run):
+            if source_output in (None, candidate.output):
+                source_set = candidate.id
+    found = []
+    for run in project.runs():
+        for output_set in project.catalog.sets_of_run(run.id):
+            if output_set.item_type != "Particle":
+                continue
+            rows = project.catalog.connection.execute(
+                "SELECT key, data FROM items WHERE set_id = ? AND json_extract(data, '$.tomogram')"
+                " = ? ORDER BY id", (output_set.id, tomogram)).fetchall()
+            read_sets = run.record.inputs.get("set_ids", {}).get("tomograms", [])
+            editable = run.protocol == "pick.manual" and source_set in read_sets
+            if not rows and not editable:
+                continue
+            particles = [_particle_view(row[0], row[1]) for row in rows]
+            found.append({"run_id": run.id, "run": run.name, "protocol": run.protocol,
+                          "output": output_set.output, "state": run.state,
+                          "reference": f"{run.name}.{output_set.output}",
+                          "editable": editable,
+                          "particles": particles})
+    return found
+
+
+def _particle_view(key: str, data: str) -> dict[str, Any]:
+    import json
+
+    item = json.loads(data)
+    return {"name": key, "position_a": item["position_a"], "rotation": item.get("rotation"),
+            "score": item.get("score"), "class_id": item.get("class_id")}

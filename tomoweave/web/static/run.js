@@ -1,0 +1,140 @@
+// The page of one run: state (live), parameters with units, inputs, outputs with viewers,
+// per-item status with errors, the live log tail, and provenance.
+import { api, el, fieldLabel, fmt, onProjectEvent, setCleanup, stateBadge, when } from "./app.js";
+
+const VIEWERS = {
+  Tomogram: [["tomogram", "slices"]],
+  Volume: [["tomogram", "slices"]],
+  TiltSeries: [["tiltseries", "tilts"], ["ctf", "CTF"]],
+  Average: [["average", "map & FSC"]],
+};
+
+function paramTable(run) {
+  const props = (run.protocol_info && run.protocol_info.params.properties) || {};
+  const rows = Object.entries(run.params).map(([name, value]) => {
+    const p = props[name] || {};
+    const unit = p.unit || (p.anyOf && p.anyOf.find((x) => x.unit)?.unit) || "";
+    return el("tr", {}, el("td", { title: p.description || "" }, fieldLabel(name),
+      unit ? el("span", { class: "muted" }, ` (${unit})`) : ""),
+    el("td", { class: "mono" }, typeof value === "object" && value !== null ? JSON.stringify(value) : fmt(value, 4)));
+  });
+  return rows.length ? el("table", { class: "data" }, el("tbody", {}, rows)) : el("p", { class: "muted" }, "No parameters.");
+}
+
+function inputsBlock(run) {
+  const entries = Object.entries(run.inputs);
+  if (!entries.length) return el("p", { class: "muted" }, "No inputs (this run brings data in).");
+  return el("dl", { class: "kv" }, entries.flatMap(([name, reference]) => {
+    const sources = run.input_runs[name] || [];
+    return [el("dt", {}, fieldLabel(name)), el("dd", {}, sources.map((s) =>
+      el("a", { href: `#/run/${s.run_id}` }, s.run)), " ", el("span", { class: "muted mono" }, String(reference)))];
+  }));
+}
+
+function outputsBlock(run) {
+  const entries = Object.entries(run.outputs);
+  if (!entries.length) return el("p", { class: "muted" }, "No outputs.");
+  return el("div", {}, entries.map(([name, output]) => {
+    const viewers = VIEWERS[output.type] || [];
+    const items = (output.items || []).slice(0, 200);
+    return el("div", { style: "margin-bottom:10px" },
+      el("b", {}, name), " ", el("span", { class: "muted" }, `${output.count} ${output.type} · ${output.state === "open" ? "still growing" : "complete"}`),
+      el("div", { class: "item-list" }, items.map((key) => viewers.length
+        ? viewers.map(([kind, label]) => el("a", { href: `#/${kind}/${run.id}/${encodeURIComponent(name)}/${encodeURIComponent(key)}`,
+          "data-viewer": kind, title: `open the ${label} viewer` }, `${key} · ${label}`))
+        : el("span", { class: "muted mono" }, key))),
+      output.items && output.items.length > items.length ? el("div", { class: "muted" }, `… and ${output.count - items.length} more`) : "");
+  }));
+}
+
+function journalTable(run) {
+  if (!run.journal.length) return el("p", { class: "muted" }, "No items processed yet.");
+  const order = { failed: 0, running: 1, done: 2 };
+  const rows = [...run.journal].sort((a, b) => (order[a.state] ?? 3) - (order[b.state] ?? 3) || a.task.localeCompare(b.task));
+  return el("table", { class: "data", id: "journal" }, el("thead", {}, el("tr", {},
+    el("th", {}, "item"), el("th", {}, "state"), el("th", {}, "attempts"), el("th", {}, "time (s)"), el("th", {}, "error"))),
+  el("tbody", {}, rows.map((j) => el("tr", { "data-task": j.task },
+    el("td", {}, j.task), el("td", {}, j.state === "failed" ? el("b", { class: "error-text" }, j.state) : j.state),
+    el("td", { class: "num" }, j.attempts), el("td", { class: "num" }, j.seconds === null ? "–" : j.seconds.toFixed(1)),
+    el("td", { class: "error-text" }, j.error || "")))));
+}
+
+function provenanceBlock(run) {
+  const p = run.provenance || {};
+  const versions = p.versions ? Object.entries(p.versions).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(", ") : "–";
+  return el("details", {}, el("summary", {}, "Provenance: where and with what this ran"),
+    el("dl", { class: "kv", style: "margin-top:8px" },
+      el("dt", {}, "created"), el("dd", {}, when(run.created)),
+      el("dt", {}, "started"), el("dd", {}, when(run.started)),
+      el("dt", {}, "finished"), el("dd", {}, when(run.finished)),
+      el("dt", {}, "host / user"), el("dd", {}, `${p.host || "–"} / ${p.user || "–"}`),
+      el("dt", {}, "executor"), el("dd", {}, `${run.executor || "–"} (${p.executor || "–"})`),
+      el("dt", {}, "python"), el("dd", {}, p.python || "–"),
+      el("dt", {}, "versions"), el("dd", { class: "mono" }, versions),
+      el("dt", {}, "command line"), el("dd", { class: "mono" }, (p.command_line || []).join(" ") || "–"),
+      el("dt", {}, "folder"), el("dd", { class: "mono" }, run.folder)));
+}
+
+export async function showRun(view, runId) {
+  const head = el("div", { class: "page-head" });
+  const body = el("div");
+  const log = el("pre", { class: "log", id: "run-log" });
+  view.append(head, body);
+  let logOffset = 0;
+  let lastState = null;
+
+  const render = async () => {
+    const run = await api(`/api/runs/${runId}`);
+    const label = run.protocol_info ? run.protocol_info.label : run.protocol;
+    const running = run.state === "running" || run.state === "queued";
+    const message = el("div", { class: "status-line", id: "action-status" });
+    const act = async (path, verb) => {
+      message.textContent = `${verb}…`;
+      try { await api(path, { method: "POST" }); message.textContent = `${verb}: done`; render(); } catch (e) { message.textContent = e.message; message.className = "status-line error"; }
+    };
+    head.replaceChildren(
+      el("div", {}, el("h1", {}, label, " ", el("span", { class: "muted" }, `#${run.id} ${run.name}`)),
+        el("p", {}, stateBadge(run.state), " ", `${run.items_done} item(s) done`,
+          run.items_failed ? el("span", { class: "error-text" }, `, ${run.items_failed} failed`) : "",
+          run.error ? el("div", { class: "error-text" }, run.error) : "")),
+      el("div", {}, el("div", { class: "buttons" },
+        el("button", { class: "danger", id: "stop-button", disabled: run.state !== "running", onclick: () => act(`/api/runs/${run.id}/stop`, "Stopping") }, "Stop"),
+        el("button", { class: "secondary", id: "resume-button", disabled: running, title: "continue: finished unchanged items are skipped",
+          onclick: () => act(`/api/runs/${run.id}/resume`, "Resuming") }, "Resume"),
+        el("button", { class: "secondary", id: "rerun-button", title: "open the form with this run's parameters",
+          onclick: () => { location.hash = `#/new/${run.protocol}?from=${run.id}`; } }, "Re-run with changes…")), message));
+    body.replaceChildren(
+      el("div", { class: "grid2" },
+        el("div", { class: "panel" }, el("h2", {}, "Parameters"), paramTable(run)),
+        el("div", {}, el("div", { class: "panel" }, el("h2", {}, "Inputs"), inputsBlock(run)),
+          el("div", { class: "panel" }, el("h2", {}, "Outputs"), outputsBlock(run)))),
+      el("div", { class: "panel" }, el("h2", {}, "Items"), journalTable(run)),
+      el("div", { class: "panel" }, el("h2", {}, "Log ", el("span", { class: "muted" }, `${run.folder}/logs/run.log`)), log),
+      el("div", { class: "panel" }, provenanceBlock(run)));
+    lastState = run.state;
+    return run;
+  };
+
+  const tail = async () => {
+    const chunk = await api(`/api/runs/${runId}/log?offset=${logOffset}`);
+    if (chunk.text) {
+      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 20;
+      log.textContent += chunk.text;
+      if (atBottom) log.scrollTop = log.scrollHeight;
+    }
+    logOffset = chunk.offset;
+    if (!log.textContent) {
+      const scheduler = await api(`/api/runs/${runId}/log?which=scheduler`);
+      if (scheduler.text) log.textContent = scheduler.text;
+    }
+  };
+
+  await render();
+  await tail();
+  onProjectEvent((event) => { if (event.run_id === runId) render(); });
+  const timer = setInterval(() => {
+    if (lastState === "running" || lastState === "queued") { tail(); }
+  }, 1000);
+  const slow = setInterval(render, 5000);
+  setCleanup(() => { clearInterval(timer); clearInterval(slow); });
+}
