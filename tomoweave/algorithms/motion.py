@@ -24,6 +24,10 @@ from scipy import ndimage
 
 from tomoweave.algorithms.preprocess import exposure_weights
 
+# Frames are tapered at their edges for the alignment only: content entering and leaving the
+# field of view would otherwise correlate as a fixed edge.
+_EDGE_TAPER = 0.15
+
 
 @dataclass
 class MotionResult:
@@ -44,11 +48,12 @@ def correct_motion(
     dose_per_frame_e_a2: float = 0.0,
     pre_exposure_e_a2: float = 0.0,
     voltage_kv: float = 300.0,
-    bfactor_a2: float = 500.0,
+    bfactor_px2: float = 100.0,
     patches: int = 0,
-    patch_bfactor_a2: float = 150.0,
+    patch_bfactor_px2: float = 50.0,
     max_shift_a: float = 1000.0,
     dose_weighting: bool = True,
+    trajectory_degree: int = 3,
 ) -> MotionResult:
     """Align, dose-weight and sum the frames of one movie.
 
@@ -60,33 +65,35 @@ def correct_motion(
         Pixel size of the frames, Å.
     dose_per_frame_e_a2, pre_exposure_e_a2 : float
         Exposure per frame and exposure received before the first frame, e/Å².
-    bfactor_a2, patch_bfactor_a2 : float
-        B-factors (Å²) damping high frequencies in the global / patch cross-correlations.
+    bfactor_px2, patch_bfactor_px2 : float
+        B-factors in px² (as in RELION and MotionCor2) damping high frequencies in the global /
+        patch cross-correlations.
     patches : int
         Patches per side for local motion (0 or 1: global only).
     max_shift_a : float
         Largest drift of a frame against the running sum searched, Å.
+    trajectory_degree : int
+        Degree of the polynomial in time fitted to the global trajectory (0: no smoothing);
+        beam-induced drift is smooth, the per-frame estimates are noisy.
     """
     frames = _check_frames(frames)
     if pixel_size_a <= 0:
         raise ValueError(f"pixel_size_a must be > 0, got {pixel_size_a}")
-    drift, iterations = estimate_global_drift(frames, pixel_size_a, bfactor_a2, max_shift_a)
+    drift, iterations = estimate_global_drift(frames, pixel_size_a, bfactor_px2, max_shift_a)
+    drift = smooth_trajectory(drift, trajectory_degree)
     spectra = scipy.fft.rfft2(frames, workers=-1)
     spectra *= _phase_ramps(frames.shape[1:], -drift, spectra.shape[1:])
     result_notes: list[str] = []
     local_rms = 0.0
     if patches >= 2:
         aligned = scipy.fft.irfft2(spectra, s=frames.shape[1:], workers=-1).astype(np.float32)
-        fields = estimate_local_motion(aligned, pixel_size_a, patches, patch_bfactor_a2)
+        fields, reason = estimate_local_motion(aligned, pixel_size_a, patches, patch_bfactor_px2)
         if fields is not None:
             local_rms = float(np.sqrt(np.mean(fields**2)))
-            if local_rms > 0.02:
-                aligned = _warp_frames(aligned, fields)
-                spectra = scipy.fft.rfft2(aligned, workers=-1)
-            else:
-                result_notes.append("local motion below 0.02 px: global correction only")
+            aligned = _warp_frames(aligned, fields)
+            spectra = scipy.fft.rfft2(aligned, workers=-1)
         else:
-            result_notes.append("frames too small for patches: global correction only")
+            result_notes.append(f"{reason}: global correction only")
     exposures = pre_exposure_e_a2 + (np.arange(len(frames)) + 0.5) * dose_per_frame_e_a2
     use_weights = dose_weighting and dose_per_frame_e_a2 > 0
     sums = [
@@ -98,10 +105,21 @@ def correct_motion(
     return MotionResult(sums[0], sums[1], sums[2], drift, local_rms, iterations, result_notes)
 
 
+def smooth_trajectory(drift_px: np.ndarray, degree: int = 3) -> np.ndarray:
+    """Least-squares polynomial (in frame index) of a trajectory (n, 2), kept at 0 for frame 0."""
+    n = len(drift_px)
+    if degree <= 0 or n <= degree + 1:
+        return drift_px
+    times = np.arange(n) / (n - 1)
+    design = np.stack([times**power for power in range(1, degree + 1)], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, drift_px - drift_px[0], rcond=None)
+    return design @ coefficients
+
+
 def estimate_global_drift(
     frames: np.ndarray,
     pixel_size_a: float,
-    bfactor_a2: float = 500.0,
+    bfactor_px2: float = 100.0,
     max_shift_a: float = 1000.0,
     max_iterations: int = 30,
     tolerance_px: float = 0.005,
@@ -109,9 +127,9 @@ def estimate_global_drift(
     """Per-frame drift (n, 2) [(dx, dy)] in px relative to frame 0, and the iterations used."""
     frames = _check_frames(frames)
     shape = frames.shape[1:]
-    crop = _crop_shape(shape, pixel_size_a, bfactor_a2)
-    spectra = _cropped_spectra(frames, crop)
-    weights = _bfactor_weights(crop, shape, pixel_size_a, bfactor_a2)
+    crop = _crop_shape(shape, bfactor_px2)
+    spectra = _cropped_spectra(frames, crop, _EDGE_TAPER)
+    weights = _bfactor_weights(crop, shape, bfactor_px2)
     max_shift_px = max(2.0, max_shift_a / pixel_size_a)
     drift = np.zeros((len(frames), 2))
     scale = np.array([shape[1] / crop[1], shape[0] / crop[0]])
@@ -136,19 +154,22 @@ def estimate_local_motion(
     aligned: np.ndarray,
     pixel_size_a: float,
     patches: int,
-    bfactor_a2: float = 150.0,
+    bfactor_px2: float = 50.0,
     time_degree: int = 3,
-) -> np.ndarray | None:
-    """Residual motion field (n, 2, y, x) in px of globally aligned frames, or None if too small.
+) -> tuple[np.ndarray | None, str]:
+    """Residual motion field (n, 2, y, x) in px of globally aligned frames, and a note.
 
     Each patch (side = 2 × image / patches, so neighbours overlap by half) is aligned like a whole
     movie; the patch trajectories are fitted by a polynomial quadratic in x, y and of
-    ``time_degree`` in the frame index, zero at frame 0.
+    ``time_degree`` in the frame index, zero at frame 0. The field is None when the frames are
+    too small for patches or when the fitted motion is not above three times its own noise
+    (estimated from the scatter of the patch trajectories around the fit): warping by noise
+    would only blur.
     """
     n, ny, nx = aligned.shape
     size_y, size_x = _even(min(ny, 2 * ny // patches)), _even(min(nx, 2 * nx // patches))
     if min(size_y, size_x) < 96:
-        return None
+        return None, "frames too small for patches"
     centres_y = np.linspace(size_y / 2, ny - size_y / 2, patches)
     centres_x = np.linspace(size_x / 2, nx - size_x / 2, patches)
     window = _taper((size_y, size_x))
@@ -158,14 +179,16 @@ def estimate_local_motion(
             y0, x0 = int(round(cy - size_y / 2)), int(round(cx - size_x / 2))
             patch = aligned[:, y0: y0 + size_y, x0: x0 + size_x]
             patch = (patch - patch.mean(axis=(1, 2), keepdims=True)) * window
-            drift, _ = estimate_global_drift(patch, pixel_size_a, bfactor_a2, 0.25 * size_x * pixel_size_a)
+            drift, _ = estimate_global_drift(patch, pixel_size_a, bfactor_px2,
+                                             0.25 * size_x * pixel_size_a)
             rows.append(((cx - nx / 2) / nx, (cy - ny / 2) / ny))
             values.append(drift)
     return _fit_motion_field(np.array(rows), np.array(values), (n, ny, nx), time_degree)
 
 
 def _fit_motion_field(centres, drifts, shape, time_degree):
-    """Least-squares polynomial field from patch drifts (P, n, 2) at centres (P, 2) in [-.5, .5]."""
+    """Least-squares polynomial field from patch drifts (P, n, 2) at centres (P, 2) in [-.5, .5];
+    (None, reason) when it is not significant."""
     n, ny, nx = shape
     times = np.arange(n) / max(1, n - 1)
 
@@ -177,7 +200,14 @@ def _fit_motion_field(centres, drifts, shape, time_degree):
     py = np.repeat(centres[:, 1], n)
     pt = np.tile(times, len(centres))
     matrix = design(px, py, pt)
-    coefficients, *_ = np.linalg.lstsq(matrix, drifts.reshape(-1, 2), rcond=None)
+    observed = drifts.reshape(-1, 2)
+    coefficients, *_ = np.linalg.lstsq(matrix, observed, rcond=None)
+    fitted = matrix @ coefficients
+    sigma = np.sqrt(np.mean((observed - fitted) ** 2))
+    noise_floor = sigma * np.sqrt(matrix.shape[1] / max(1, matrix.shape[0] - matrix.shape[1]))
+    signal = np.sqrt(np.mean(fitted**2))
+    if signal < 3.0 * noise_floor or signal < 0.02:
+        return None, f"local motion {signal:.3f} px not significant (noise {noise_floor:.3f} px)"
     grid_y, grid_x = np.meshgrid((np.arange(ny) - ny / 2) / ny, (np.arange(nx) - nx / 2) / nx,
                                  indexing="ij")
     fields = np.empty((n, 2, ny, nx), dtype=np.float32)
@@ -185,7 +215,7 @@ def _fit_motion_field(centres, drifts, shape, time_degree):
         basis = design(grid_x, grid_y, np.full_like(grid_x, t))
         fields[index, 0] = basis @ coefficients[:, 0]
         fields[index, 1] = basis @ coefficients[:, 1]
-    return fields
+    return fields, f"local motion {signal:.3f} px"
 
 
 def _warp_frames(aligned: np.ndarray, fields: np.ndarray) -> np.ndarray:
@@ -236,18 +266,21 @@ def _phase_ramps(full_shape, shifts_px, grid_shape):
     return np.exp(-2j * np.pi * phase).astype(np.complex64)
 
 
-def _crop_shape(shape, pixel_size_a, bfactor_a2):
+def _crop_shape(shape, bfactor_px2):
     """Smallest even grid holding the frequencies where the B-factor weight is above 1e-3."""
-    if bfactor_a2 <= 0:
+    if bfactor_px2 <= 0:
         return shape
-    k_max_px = np.sqrt(4.0 * np.log(1e3) / bfactor_a2) * pixel_size_a
+    k_max_px = np.sqrt(4.0 * np.log(1e3) / bfactor_px2)
     if k_max_px >= 0.5:
         return shape
     return tuple(max(32, _even(int(np.ceil(2 * k_max_px * size)))) for size in shape)
 
 
-def _cropped_spectra(frames, crop):
-    spectra = scipy.fft.rfft2(frames - frames.mean(axis=(1, 2), keepdims=True), workers=-1)
+def _cropped_spectra(frames, crop, taper=0.0):
+    centred = frames - frames.mean(axis=(1, 2), keepdims=True)
+    if taper > 0:
+        centred = centred * _taper(frames.shape[1:], taper)
+    spectra = scipy.fft.rfft2(centred, workers=-1)
     ny = frames.shape[1]
     if crop == frames.shape[1:]:
         return spectra.astype(np.complex64)
@@ -256,11 +289,11 @@ def _cropped_spectra(frames, crop):
     return spectra[:, rows, : crop[1] // 2 + 1].astype(np.complex64)
 
 
-def _bfactor_weights(crop, shape, pixel_size_a, bfactor_a2):
-    ky = np.fft.fftfreq(crop[0], d=1.0) * crop[0] / (shape[0] * pixel_size_a)
-    kx = np.arange(crop[1] // 2 + 1) / (shape[1] * pixel_size_a)
+def _bfactor_weights(crop, shape, bfactor_px2):
+    ky = np.fft.fftfreq(crop[0], d=1.0) * crop[0] / shape[0]
+    kx = np.arange(crop[1] // 2 + 1) / shape[1]
     k2 = ky[:, None] ** 2 + kx[None, :] ** 2
-    return np.exp(-bfactor_a2 * k2 / 4.0).astype(np.float32)
+    return np.exp(-bfactor_px2 * k2 / 4.0).astype(np.float32)
 
 
 def _peak_position(correlation: np.ndarray, max_shift_px: np.ndarray) -> np.ndarray:

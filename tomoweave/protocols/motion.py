@@ -16,14 +16,18 @@ from tomoweave.model import TiltImage, TiltSeries
 
 
 class MotionParams(BaseModel):
-    bfactor_a2: float = param(500.0, ge=0, unit="Å²", help="B-factor of the global alignment")
+    bfactor_px2: float = param(100.0, ge=0, unit="px²", help="B-factor of the global alignment "
+                               "(in pixels², as RELION and MotionCor2 give it)")
     patches: int = param(5, ge=0, le=12, help="patches per side for local motion (0: global "
                          "only; skipped automatically when frames are too small or the local "
                          "motion is not significant)")
-    patch_bfactor_a2: float = param(150.0, ge=0, unit="Å²", help="B-factor of the patch alignment")
+    patch_bfactor_px2: float = param(50.0, ge=0, unit="px²", help="B-factor of the patch "
+                                     "alignment")
     max_shift_a: float = param(1000.0, gt=0, unit="Å", help="largest frame drift searched")
     dose_weighting: bool = param(True, help="weight frequencies by accumulated exposure "
                                  "(pre-exposure of the tilt + frames before)")
+    trajectory_degree: int = param(3, ge=0, le=8, help="degree of the polynomial in time fitted "
+                                   "to each global drift trajectory (0: no smoothing)")
     dose_per_tilt_e_a2: float = param(0.0, ge=0, unit="e/Å²", help="dose of one tilt if the "
                                       "acquisition does not say (0: take it from the acquisition)")
 
@@ -55,8 +59,9 @@ class MotionCorrect(Protocol):
                 raise ItemError(f"{item.name}: pixel size unknown")
             result = correct_motion(
                 frames, pixel_size_a, dose_per_tilt / len(frames), tilt.pre_exposure_e_a2,
-                item.acquisition.voltage_kv, params.bfactor_a2, params.patches,
-                params.patch_bfactor_a2, params.max_shift_a, params.dose_weighting)
+                item.acquisition.voltage_kv, params.bfactor_px2, params.patches,
+                params.patch_bfactor_px2, params.max_shift_a, params.dose_weighting,
+                params.trajectory_degree)
             sums["image"].append(result.aligned_sum)
             sums["even"].append(result.even_sum)
             sums["odd"].append(result.odd_sum)
