@@ -26,7 +26,7 @@ from tomoweave.model import Acquisition
 from tomoweave.sim import imaging
 from tomoweave.sim.config import SimConfig, resolve_config
 from tomoweave.sim.mdoc_writer import MdocTilt, frame_file_name, mdoc_text, write_mdoc
-from tomoweave.sim.projector_kernel import project_volume_slabs
+from tomoweave.sim.projector_kernel import occupancy_blocks, project_volume_slabs
 from tomoweave.sim.specimen import Specimen, build_specimen
 from tomoweave.sim.tilt_scheme import acquisition_angles_deg, pre_exposures_e_a2
 from tomoweave.sim.truth import (
@@ -175,10 +175,11 @@ def _form_images(config: SimConfig, specimen: Specimen, tilts: list[TruthTilt],
     projections = np.empty_like(stack)
     noise_free = np.empty_like(stack)
     frames = []
+    occupied = occupancy_blocks(specimen.volume_v)
     for index, tilt in enumerate(tilts):
         matrix = tilt.projection_matrix()
         slabs, heights_a = project_volume_slabs(specimen.volume_v, matrix, config.pixel_size_a,
-                                                shape, config.ctf_slab_a)
+                                                shape, config.ctf_slab_a, occupied)
         projections[index] = slabs.sum(axis=0)
         ctf = {**ctf_common, "defocus_u_a": tilt.defocus_u_a, "defocus_v_a": tilt.defocus_v_a,
                "astigmatism_angle_deg": tilt.astigmatism_angle_deg}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from scipy import ndimage
 
 
 @numba.njit(cache=True, inline="always")
@@ -43,8 +44,25 @@ def _clip_interval(base, direction, upper, t_low, t_high):
     return max(t_low, t0), min(t_high, t1)
 
 
+BLOCK_SHIFT = 2  # occupancy blocks of 4³ voxels
+
+
+def occupancy_blocks(volume: np.ndarray) -> np.ndarray:
+    """True for each 4³ block whose trilinear samples can be non-zero (any voxel of the block
+    or of its one-voxel rim is non-zero), so the projector can skip empty space."""
+    nonzero = ndimage.maximum_filter(volume != 0, size=3, mode="constant")
+    block = 1 << BLOCK_SHIFT
+    shape = [-(-n // block) * block for n in volume.shape]
+    padded = np.zeros(shape, dtype=bool)
+    padded[: volume.shape[0], : volume.shape[1], : volume.shape[2]] = nonzero
+    blocks = padded.reshape(shape[0] // block, block, shape[1] // block, block,
+                            shape[2] // block, block)
+    return blocks.any(axis=(1, 3, 5))
+
+
 @numba.njit(parallel=True, cache=True, fastmath=True)
-def project_slabs_kernel(volume, inverse, shift_x_px, shift_y_px, out, z_first_px, slab_px):
+def project_slabs_kernel(volume, occupied, inverse, shift_x_px, shift_y_px, out, z_first_px,
+                         slab_px):
     """Accumulate line integrals (in voxel lengths) into ``out[slab, y, x]``.
 
     ``inverse`` (3×3) maps image-frame pixels (u, v, t) relative to the image centre, after the
@@ -74,7 +92,8 @@ def project_slabs_kernel(volume, inverse, shift_x_px, shift_y_px, out, z_first_p
                 x = bx + t * dx
                 y = by + t * dy
                 z = bz + t * dz
-                if x >= 0 and y >= 0 and z >= 0:
+                if x >= 0 and y >= 0 and z >= 0 and occupied[
+                        int(z) >> BLOCK_SHIFT, int(y) >> BLOCK_SHIFT, int(x) >> BLOCK_SHIFT]:
                     value = _trilinear(volume, x, y, z)
                     slab = int(np.floor((t - z_first_px) / slab_px))
                     if slab < 0:
@@ -98,8 +117,8 @@ def slab_range_px(volume_shape_zyx: tuple[int, int, int], rotation: np.ndarray,
 
 
 def project_volume_slabs(volume: np.ndarray, matrix: np.ndarray, pixel_size_a: float,
-                         image_shape_yx: tuple[int, int], slab_a: float) -> tuple[np.ndarray,
-                                                                                   np.ndarray]:
+                         image_shape_yx: tuple[int, int], slab_a: float,
+                         occupied: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Project ``volume`` ([z, y, x], centre N // 2) with a 4×4 tomogram-Å -> image-Å matrix.
 
     Returns
@@ -108,6 +127,8 @@ def project_volume_slabs(volume: np.ndarray, matrix: np.ndarray, pixel_size_a: f
         Line integrals in Å × (volume units), split by height along the beam.
     heights_a : float64 array, shape (n_slabs,)
         Image-frame z at the middle of each slab, Å (z of the projection matrix's third row).
+
+    ``occupied`` (from ``occupancy_blocks``) can be passed to reuse it across tilts.
     """
     matrix = np.asarray(matrix, dtype=float)
     linear = matrix[:3, :3]
@@ -115,7 +136,10 @@ def project_volume_slabs(volume: np.ndarray, matrix: np.ndarray, pixel_size_a: f
     slab_px = max(slab_a / pixel_size_a, 1.0)
     z_first_px, count = slab_range_px(volume.shape, linear, slab_px)
     out = np.zeros((count, *image_shape_yx), dtype=np.float32)
-    project_slabs_kernel(np.ascontiguousarray(volume, dtype=np.float32), inverse,
+    volume = np.ascontiguousarray(volume, dtype=np.float32)
+    if occupied is None:
+        occupied = occupancy_blocks(volume)
+    project_slabs_kernel(volume, occupied, inverse,
                          matrix[0, 3] / pixel_size_a, matrix[1, 3] / pixel_size_a, out,
                          z_first_px, slab_px)
     out *= np.float32(pixel_size_a)
