@@ -81,7 +81,8 @@ def _star_kind(path: Path) -> str:
     if "rlnCenteredCoordinateXAngst" in columns:
         return "relion5-particles"
     if "rlnCoordinateX" in columns:
-        return "relion4-particles"
+        return ("warp-particles" if "rlnMicrographName" in columns and "rlnTomoName" not in columns
+                else "relion4-particles")
     if "wrpMovieName" in columns:
         return "warp-tomostar"
     if "rlnTomoYTilt" in columns or "rlnTomoNominalStageTiltAngle" in columns:
@@ -104,6 +105,8 @@ def load(path: str | Path, options: ConvertOptions | None = None) -> Loaded:
         "relion5-particles": lambda p, o: Loaded(particles=rp.read_relion5_particles(p)),
         "relion4-particles": lambda p, o: Loaded(particles=rp.read_relion4_particles(
             p, o.pixel_size_a, _need(o.tomo_size_xyz, "--tomo-size X Y Z", p))),
+        "warp-particles": lambda p, o: Loaded(particles=warp.read_warp_particles(
+            p, _pixel(o, p), _need(o.tomo_size_xyz, "--tomo-size X Y Z", p), _pixel(o, p))),
         "dynamo": lambda p, o: Loaded(particles=dynamo.read_dynamo_table(
             p, o.pixel_size_a, _need(o.tomo_size_xyz, "--tomo-size X Y Z", p),
             p.with_suffix(".doc"))),
@@ -401,8 +404,8 @@ def _write_warp(loaded: Loaded, out: Path, options: ConvertOptions) -> list[Path
         written += [out / f"{series.name}.xml", out / f"{series.name}.tomostar"]
     if loaded.particles:
         path = out / "particles.star"
-        rp.write_relion4_particles(path, loaded.particles, _particle_pixel(loaded, options),
-                                   _tomo_size(options), micrograph_suffix=".tomostar")
+        pixel = _particle_pixel(loaded, options)
+        warp.write_warp_particles(path, loaded.particles, pixel, _tomo_size(options), pixel)
         written.append(path)
     return written
 

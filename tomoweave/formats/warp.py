@@ -279,3 +279,53 @@ def _write(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
+
+
+def write_warp_particles(
+    path: str | Path, particles: Sequence, coordinate_pixel_a: float,
+    tomo_size_xyz: Sequence[int], tomo_pixel_a: float,
+) -> None:
+    """Particles for WarpTools (RELION-3-style STAR, rlnMicrographName = <tomogram>.tomostar).
+
+    Warp places voxel i of any binning at ``i × pixel`` Å from the volume corner, so a particle's
+    coordinate is ``(position_a + (N // 2) × tomo_pixel_a) / coordinate_pixel_a`` with N the
+    tomogram size at ``tomo_pixel_a`` (its physical frame), whatever the binning of the output.
+    """
+    from tomoweave.formats.relion_particles import _angle_columns
+
+    centre = np.asarray(tomo_size_xyz, dtype=int) // 2 * tomo_pixel_a
+    coords = (np.array([p.position_a for p in particles]).reshape(-1, 3) + centre)
+    coords /= coordinate_pixel_a
+    table = {"rlnMicrographName": [f"{p.tomogram}.tomostar" for p in particles],
+             "rlnCoordinateX": coords[:, 0], "rlnCoordinateY": coords[:, 1],
+             "rlnCoordinateZ": coords[:, 2]}
+    table.update(_angle_columns(particles))
+    write_star_blocks(path, {"": pd.DataFrame(table)})
+
+
+def read_warp_particles(
+    path: str | Path, coordinate_pixel_a: float, tomo_size_xyz: Sequence[int],
+    tomo_pixel_a: float,
+) -> list:
+    """Particles of a WarpTools particle STAR (inverse of ``write_warp_particles``)."""
+    from tomoweave.formats.relion_particles import ANGLES
+    from tomoweave.geometry import relion_zyz_to_matrix
+    from tomoweave.model import Particle
+
+    path = Path(path)
+    table = star_table(path)
+    require_columns(table, ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY",
+                            "rlnCoordinateZ"), path, "", "Warp particle positions")
+    coords = np.stack([numeric_column(table, f"rlnCoordinate{a}", path, "") for a in "XYZ"], 1)
+    centre = np.asarray(tomo_size_xyz, dtype=int) // 2 * tomo_pixel_a
+    positions = coords * coordinate_pixel_a - centre
+    has_angles = all(c in table.columns for c in ANGLES)
+    particles = []
+    for i, name in enumerate(table["rlnMicrographName"].astype(str)):
+        tomogram = Path(name).name.removesuffix(".tomostar")
+        rotation = (relion_zyz_to_matrix(*(float(table[c].iloc[i]) for c in ANGLES))
+                    if has_angles else np.eye(3))
+        particles.append(Particle(name=f"{tomogram}/{i + 1}", tomogram=tomogram,
+                                  position_a=tuple(float(v) for v in positions[i]),
+                                  rotation=rotation.tolist()))
+    return particles
