@@ -25,6 +25,7 @@ from tomoweave.engine.inputs import find_run, load_input_items, resolve_inputs, 
 from tomoweave.engine.registry import get_protocol
 from tomoweave.engine.runner import RunScheduler
 from tomoweave.model import item_types
+from tomoweave.model.sets import RunState
 from tomoweave.store.catalog import Catalog, RunRecord
 from tomoweave.store.project_dir import ProjectLayout
 
@@ -46,8 +47,8 @@ class Run:
     @property
     def state(self) -> str:
         record = self.record
-        if record.state == "running" and record.pid and not _pid_alive(record.pid):
-            return "interrupted"
+        if record.state == RunState.RUNNING and record.pid and not _pid_alive(record.pid):
+            return RunState.INTERRUPTED
         return record.state
 
     @property
@@ -105,7 +106,7 @@ class Project:
             if existing.protocol != protocol:
                 raise InputError(f"run '{name}' exists and runs {existing.protocol}, not {protocol}")
             self.catalog.update_run(existing.id, params=plain_params, inputs=stored_inputs,
-                                    executor=executor, state="queued")
+                                    executor=executor, state=RunState.QUEUED)
             return Run(self, self.catalog.run(existing.id))
         record = self.catalog.add_run(name or self._free_name(protocol), protocol, plain_params,
                                       stored_inputs, executor,

@@ -7,6 +7,7 @@ from typing import Any
 from tomoweave.api import Project, Run
 from tomoweave.engine.inputs import split_reference
 from tomoweave.model import item_types
+from tomoweave.model.sets import TaskState
 
 
 def run_summary(project: Project, run: Run) -> dict[str, Any]:
@@ -24,8 +25,8 @@ def run_summary(project: Project, run: Run) -> dict[str, Any]:
         "created": record.created,
         "started": record.started,
         "finished": record.finished,
-        "items_done": sum(1 for j in journal.values() if j["state"] == "done"),
-        "items_failed": sum(1 for j in journal.values() if j["state"] == "failed"),
+        "items_done": sum(1 for j in journal.values() if j["state"] == TaskState.DONE),
+        "items_failed": sum(1 for j in journal.values() if j["state"] == TaskState.FAILED),
         "inputs": record.inputs.get("references", {}),
         "outputs": outputs,
     }

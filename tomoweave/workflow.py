@@ -22,6 +22,7 @@ import yaml
 
 from tomoweave.api import Project, Run
 from tomoweave.engine.errors import InputError
+from tomoweave.model.sets import RunState
 
 
 def load_workflow(path: str | Path) -> list[dict[str, Any]]:
@@ -99,7 +100,7 @@ def run_workflow(project: Project, path: str | Path, executor: str = "local",
         else:
             project.execute(run, executor, workers)
         finished.append(run)
-        if run.state == "failed":
+        if run.state == RunState.FAILED:
             reason = run.record.error or "see its log"
             raise InputError(f"workflow stopped: run '{run.name}' failed ({reason})")
     return finished

@@ -24,9 +24,11 @@ from tomoweave.cli.common import (
 )
 from tomoweave.engine.registry import get_protocol, protocols
 from tomoweave.inspect_project import show, status
+from tomoweave.model.sets import RunState, TaskState
 
-STATE_COLOURS = {"finished": "green", "finished with failures": "yellow", "failed": "red",
-                 "running": "cyan", "queued": "white", "interrupted": "magenta"}
+STATE_COLOURS = {RunState.FINISHED: "green", RunState.FINISHED_WITH_FAILURES: "yellow",
+                 RunState.FAILED: "red", RunState.RUNNING: "cyan", RunState.QUEUED: "white",
+                 RunState.INTERRUPTED: "magenta"}
 
 
 def register(app: typer.Typer) -> None:
@@ -76,12 +78,12 @@ def report_run_end(project: Project, run_view, as_json: bool) -> None:
     if as_json:
         print_json(summary)
     else:
-        failed = [j for j in summary["journal"] if j["state"] == "failed"]
+        failed = [j for j in summary["journal"] if j["state"] == TaskState.FAILED]
         typer.echo(f"{summary['name']}: {summary['state']} ({summary['items_done']} done, "
                    f"{summary['items_failed']} failed) -> {summary['folder']}")
         for entry in failed:
             typer.echo(f"  {entry['task']}: {entry['error']}", err=True)
-    if summary["state"] == "failed":
+    if summary["state"] == RunState.FAILED:
         raise typer.Exit(1)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from tomoweave.engine.errors import InputError
 from tomoweave.engine.protocol import Protocol
 from tomoweave.model import item_types
+from tomoweave.model.sets import SetState
 from tomoweave.store.catalog import Catalog, RunRecord, SetRecord
 
 
@@ -109,4 +110,4 @@ def load_input_items(catalog: Catalog, protocol: type[Protocol],
 
 def inputs_open(catalog: Catalog, set_ids: dict[str, list[int]]) -> bool:
     """True while any input set may still grow (streaming)."""
-    return any(catalog.set_by_id(i).state == "open" for ids in set_ids.values() for i in ids)
+    return any(catalog.set_by_id(i).state == SetState.OPEN for ids in set_ids.values() for i in ids)

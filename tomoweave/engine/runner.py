@@ -23,6 +23,7 @@ from tomoweave.engine.provenance import environment_provenance
 from tomoweave.engine.registry import get_protocol
 from tomoweave.engine.run_log import RunLog
 from tomoweave.engine.worker import encode_payload, execute_task
+from tomoweave.model.sets import RunState, SetState, TaskState
 from tomoweave.store.catalog import Catalog
 from tomoweave.store.project_dir import ProjectLayout
 
@@ -54,7 +55,7 @@ class RunScheduler:
         except BaseException as error:
             self.log.write(f"run failed: {error}\n{traceback.format_exc()}")
             self._close_outputs()
-            self.catalog.update_run(self.run.id, state="failed", finished=time.time(),
+            self.catalog.update_run(self.run.id, state=RunState.FAILED, finished=time.time(),
                                     error=f"{type(error).__name__}: {error}")
             raise
         finally:
@@ -71,10 +72,10 @@ class RunScheduler:
             for name, spec in self.protocol_class.outputs.items()
         }
         for output_set in self.output_sets.values():
-            self.catalog.set_state(output_set.id, "open")
+            self.catalog.set_state(output_set.id, SetState.OPEN)
         provenance = environment_provenance()
         provenance["executor"] = type(self.executor).__name__
-        self.catalog.update_run(self.run.id, state="running", started=time.time(), finished=None,
+        self.catalog.update_run(self.run.id, state=RunState.RUNNING, started=time.time(), finished=None,
                                 pid=os.getpid(), provenance=provenance)
         self.log.write(f"run {self.run.name} ({self.run.protocol}) started; parameters: "
                        f"{json.dumps(self.run.params, sort_keys=True)}")
@@ -106,7 +107,7 @@ class RunScheduler:
         payload_type, payload = encode_payload(task.payload)
         digest = _digest(self.protocol_class, self.run.params, payload, broadcast)
         previous = self.catalog.journal(self.run.id).get(task.key)
-        if previous and previous["state"] == "done" and previous["digest"] == digest:
+        if previous and previous["state"] == TaskState.DONE and previous["digest"] == digest:
             self.counts["skipped"] += 1
             self.log.write(f"{task.key}: unchanged since it finished, skipped")
             self._advance()
@@ -149,15 +150,15 @@ class RunScheduler:
 
     def _close_outputs(self) -> None:
         for output_set in getattr(self, "output_sets", {}).values():
-            self.catalog.set_state(output_set.id, "closed")
+            self.catalog.set_state(output_set.id, SetState.CLOSED)
 
     def _final_state(self) -> str:
         self._close_outputs()
         if self.counts["failed"] == 0:
-            return "finished"
+            return RunState.FINISHED
         if self.counts["done"] + self.counts["skipped"] > 0:
-            return "finished with failures"
-        return "failed"
+            return RunState.FINISHED_WITH_FAILURES
+        return RunState.FAILED
 
     def _count_text(self) -> str:
         return ", ".join(f"{value} {name}" for name, value in self.counts.items())
