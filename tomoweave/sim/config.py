@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 TEMPLATE_NAMES = ("4v4r", "1bxn", "3j9i", "3qm1", "6pxm")
 
@@ -110,4 +110,10 @@ def resolve_config(preset: str = "test", **overrides: Any) -> SimConfig:
     if preset not in SIM_PRESETS:
         raise ValueError(f"unknown simulation preset {preset!r}; expected one of {list(SIM_PRESETS)}")
     settings = {**SIM_PRESETS[preset], **overrides}
-    return SimConfig(**settings)
+    try:
+        return SimConfig(**settings)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in error.errors())
+        raise ValueError(f"simulation settings: {problems}") from None
