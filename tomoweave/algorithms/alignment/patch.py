@@ -11,6 +11,7 @@ and the same model solver turns them into the alignment.
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 
 from tomoweave.algorithms.alignment.fiducial import (
     NoBeadsError,
@@ -19,12 +20,13 @@ from tomoweave.algorithms.alignment.fiducial import (
     coarse_shifts_full_px,
     solve_covered,
 )
+from tomoweave.algorithms.alignment.solver import linear_points_and_shifts, nominal_matrices
 from tomoweave.algorithms.alignment.xcorr import (
     bandpass,
     bin_image,
     binned_to_full_px,
-    correlation_shift,
     stretch_matrix,
+    subpixel_peak,
     taper,
     tilt_order,
     warp_centered,
@@ -71,21 +73,44 @@ class _PatchMatcher:
         patch = patch - patch.mean()
         return (patch * self.window).astype(np.float32)
 
-    def match(self, inner_image, outer_image, position, predicted, matrix):
-        """New position (x, y) in the outer tilt and the peak strength, or (None, 0)."""
-        inner_centre = np.round(position)
-        outer_centre = np.round(predicted)
+    def correlate(self, inner_image, outer_image, anchor, predicted, matrix):
+        """Correlation map and the map of positions its pixels stand for, or None off the image.
+
+        Pixel (y, x) of the returned map, at displacement d from its centre, says the patch
+        anchored at ``anchor`` in the inner tilt sits at ``base + d`` in the outer tilt.
+        """
+        inner_centre, outer_centre = np.round(anchor), np.round(predicted)
         big = _window(inner_image, inner_centre, self.big)
         outer = _window(outer_image, outer_centre, self.size)
         if big is None or outer is None:
-            return None, 0.0
+            return None
         stretched = warp_centered(big, np.linalg.inv(matrix))
         start = self.big // 2 - self.size // 2
         reference = stretched[start : start + self.size, start : start + self.size]
-        displacement, strength = correlation_shift(
-            self.prepare(reference), self.prepare(outer), self.size / 4, self.weights
+        spectrum = np.conj(scipy.fft.rfft2(self.prepare(reference))) * scipy.fft.rfft2(
+            self.prepare(outer)
         )
-        return outer_centre + matrix @ (position - inner_centre) + displacement, strength
+        correlation = scipy.fft.fftshift(
+            scipy.fft.irfft2(spectrum * self.weights, s=reference.shape)
+        )
+        base = outer_centre + matrix @ (anchor - inner_centre)
+        return correlation, base
+
+    def peak(self, correlation, base, expected, radius):
+        """Best position within ``radius`` of ``expected`` and its strength (std of the map)."""
+        centre = self.size // 2
+        offset = expected - base
+        yy, xx = np.ogrid[: self.size, : self.size]
+        allowed = (xx - centre - offset[0]) ** 2 + (yy - centre - offset[1]) ** 2 <= radius**2
+        allowed &= (xx > 0) & (xx < self.size - 1) & (yy > 0) & (yy < self.size - 1)
+        if not allowed.any():
+            return None, 0.0
+        index = np.unravel_index(int(np.argmax(np.where(allowed, correlation, -np.inf))),
+                                 correlation.shape)
+        peak_y, peak_x = subpixel_peak(correlation, index)
+        std = float(correlation.std())
+        strength = float((correlation[index] - correlation.mean()) / std) if std > 0 else 0.0
+        return base + np.array([peak_x - centre, peak_y - centre]), strength
 
 
 def track_patches(
@@ -95,11 +120,17 @@ def track_patches(
     coarse_shifts_px: np.ndarray,
     patch_size_px: int = 64,
     spacing_px: float | None = None,
-    min_strength: float = 5.0,
-    lowpass: float = 0.5,
+    min_strength: float = 4.0,
+    search_px: float = 3.0,
+    lowpass: float = 0.3,
     highpass: float = 0.05,
 ) -> np.ndarray:
     """Follow a grid of patches from the tilt nearest 0° outwards.
+
+    Like bead tracking, every track's 3D position is fitted from the tilts done so far and
+    predicts the next; the predictions are moved together by the median offset of the best
+    correlation peaks, then each patch takes the peak within ``search_px`` of its prediction.
+    A weak peak leaves a gap, and the track goes on from its predicted position.
 
     Parameters
     ----------
@@ -109,14 +140,15 @@ def track_patches(
     z_rot_deg : float
         Nominal in-plane rotation (tilt-axis angle), degrees.
     coarse_shifts_px : array (T, 2)
-        Coarse shifts in pixels of ``stack`` (predict where each patch goes).
+        Coarse shifts in pixels of ``stack`` (predict each new tilt's shift).
     patch_size_px : int
         Side of the square patches, px.
     spacing_px : float, optional
-        Grid spacing; default ``0.75 * patch_size_px``.
+        Grid spacing; default ``0.5 * patch_size_px``.
     min_strength : float
-        A match whose correlation peak is weaker (in standard deviations of the correlation map)
-        ends the track.
+        Weakest accepted correlation peak, in standard deviations of the correlation map.
+    search_px : float
+        Largest distance of a patch from its (offset-corrected) prediction.
 
     Returns
     -------
@@ -125,24 +157,44 @@ def track_patches(
     stack = np.asarray(stack, dtype=np.float32)
     tilts = np.asarray(tilts_deg, dtype=float)
     coarse = np.asarray(coarse_shifts_px, dtype=float)
-    spacing = 0.75 * patch_size_px if spacing_px is None else spacing_px
+    spacing = 0.5 * patch_size_px if spacing_px is None else spacing_px
     margin = int(np.ceil(0.25 * patch_size_px)) + 2
     ref, chains = tilt_order(tilts)
     start = patch_grid(stack.shape[1:], patch_size_px, spacing, margin)
     observations = np.full((len(start), len(tilts), 2), np.nan)
     observations[:, ref] = start
+    anchors = observations.copy()  # found or predicted position of every track in every tilt
+    matrices = nominal_matrices(tilts, z_rot_deg)
     matcher = _PatchMatcher(patch_size_px, lowpass, highpass)
-    for chain in chains:
-        for inner, outer in zip(chain[:-1], chain[1:], strict=True):
-            matrix = stretch_matrix(tilts[outer], tilts[inner], z_rot_deg)
-            for p in np.nonzero(np.isfinite(observations[:, inner, 0]))[0]:
-                position = observations[p, inner]
-                predicted = matrix @ (position - coarse[inner]) + coarse[outer]
-                found, strength = matcher.match(
-                    stack[inner], stack[outer], position, predicted, matrix
-                )
+    done = [ref]
+    for step in range(1, max(len(c) for c in chains)):
+        for chain in chains:
+            if step >= len(chain):
+                continue
+            inner, outer = chain[step - 1], chain[step]
+            points, shifts = linear_points_and_shifts(observations[:, done], matrices[done])
+            predicted = points @ matrices[outer].T + shifts[done.index(inner)]
+            predicted += coarse[outer] - coarse[inner]
+            stretch = stretch_matrix(tilts[outer], tilts[inner], z_rot_deg)
+            maps = [
+                matcher.correlate(stack[inner], stack[outer], anchors[p, inner], predicted[p],
+                                  stretch)
+                if np.isfinite(anchors[p, inner, 0]) else None
+                for p in range(len(start))
+            ]
+            free = [matcher.peak(m[0], m[1], predicted[p], patch_size_px / 4)
+                    if m is not None else (None, 0.0) for p, m in enumerate(maps)]
+            moves = [f - predicted[p] for p, (f, s) in enumerate(free) if f is not None
+                     and s >= min_strength]
+            common = np.median(moves, axis=0) if len(moves) >= 3 else np.zeros(2)
+            for p, m in enumerate(maps):
+                if m is None:
+                    continue
+                anchors[p, outer] = predicted[p] + common
+                found, strength = matcher.peak(m[0], m[1], predicted[p] + common, search_px)
                 if found is not None and strength >= min_strength:
-                    observations[p, outer] = found
+                    observations[p, outer] = anchors[p, outer] = found
+            done.append(outer)
     return observations
 
 
@@ -152,7 +204,7 @@ def align_with_patches(
     z_rot_deg: float,
     patch_size_px: int = 64,
     max_size_px: int = 512,
-    min_strength: float = 5.0,
+    min_strength: float = 4.0,
     min_track_fraction: float = 0.3,
     tilt_offset_method: str = "auto",
     **solver_options,
