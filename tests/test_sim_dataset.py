@@ -55,7 +55,7 @@ def test_particles_and_beads_do_not_overlap_and_stay_in_the_ice(tmp_path):
         assert abs(centre[2]) + radius <= truth.thickness_a / 2 + 1e-6
     for particle in truth.placed_particles:
         assert is_rotation_matrix(np.array(particle.rotation))
-    assert {p.template for p in truth.placed_particles} == {"4v4r", "1bxn", "3j9i"}
+    assert {p.template for p in truth.placed_particles} == {"4v4r", "1bxn", "3j9i", "6pxm"}
     # the volume holds density where the truth says particles are, and none far from anything
     volume, pixel_size_a = read_mrc(data.series[0].volume_path)
     centre = np.array(volume.shape[::-1]) // 2
@@ -231,3 +231,23 @@ def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a tomoweave ground-truth file"):
         (tmp_path / "bad.json").write_text("{}")
         load_truth(tmp_path / "bad.json")
+
+
+def test_membrane_proteins_sit_in_their_membrane_along_its_normal(tmp_path):
+    from tomoweave.sim.specimen import Vesicle, ellipsoid_distance_a
+
+    data = simulate_dataset(tmp_path, preset="test", seed=9, tilt_min_deg=0.0, tilt_max_deg=0.0,
+                            n_vesicles=2, membrane_proteins={"6pxm": 8})
+    truth = data.series[0].truth()
+    on_membrane = [p for p in truth.placed_particles if p.membrane_id is not None]
+    assert len(on_membrane) >= 6 and len(truth.vesicles) == 2
+    for particle in on_membrane:
+        vesicle = truth.vesicles[particle.membrane_id]
+        shape = Vesicle(np.array(vesicle.centre_a), np.array(vesicle.radii_a))
+        assert abs(ellipsoid_distance_a(np.array([particle.position_a]), shape)[0]) < 1.0
+        normal = np.array(particle.normal)
+        outward = np.array(particle.position_a) - np.array(vesicle.centre_a)
+        assert normal @ outward > 0 and np.linalg.norm(normal) == pytest.approx(1.0)
+        np.testing.assert_allclose(np.array(particle.rotation) @ [0, 0, 1], normal, atol=1e-9)
+    model = [p for p in truth.particles() if p.membrane_id is not None]
+    assert len(model) == len(on_membrane) and model[0].normal == on_membrane[0].normal

@@ -36,6 +36,8 @@ class SimConfig(BaseModel):
     n_vesicles: int = Field(1, ge=0)
     vesicle_radius_a: tuple[float, float] = (250.0, 380.0)
     membrane_contrast_v: float = Field(2.0, gt=0)
+    # proteins sitting in the vesicle membranes: reference Z along the outward normal
+    membrane_proteins: dict[str, int] = Field(default_factory=dict)
     # tilt scheme
     tilt_scheme: Literal["dose_symmetric", "bidirectional"] = "dose_symmetric"
     tilt_min_deg: float = -60.0
@@ -72,7 +74,7 @@ class SimConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
-        unknown = set(self.particles) - set(TEMPLATE_NAMES)
+        unknown = (set(self.particles) | set(self.membrane_proteins)) - set(TEMPLATE_NAMES)
         if unknown:
             raise ValueError(f"particles: unknown templates {sorted(unknown)}; "
                              f"expected some of {list(TEMPLATE_NAMES)}")
@@ -95,12 +97,13 @@ SIM_PRESETS: dict[str, dict[str, Any]] = {
     "test": {
         "pixel_size_a": 10.0, "image_size_px": 200, "thickness_a": 1000.0,
         "particles": {"4v4r": 20, "1bxn": 8, "3j9i": 6}, "n_beads": 8, "n_vesicles": 1,
+        "membrane_proteins": {"6pxm": 6},
     },
     # the demo pipeline: a larger field of view, more of everything
     "demo": {
         "pixel_size_a": 8.0, "image_size_px": 384, "thickness_a": 1200.0,
         "particles": {"4v4r": 45, "1bxn": 25, "3j9i": 15, "6pxm": 15}, "n_beads": 14,
-        "n_vesicles": 2, "n_series": 2,
+        "n_vesicles": 2, "n_series": 2, "membrane_proteins": {"6pxm": 16},
     },
 }
 

@@ -240,7 +240,9 @@ def _truth(config: SimConfig, name: str, seed: int, preset: str, specimen: Speci
         noise_free_file=relative(result.noise_free_path), tilts=tilts,
         placed_particles=[
             TruthParticle(template=p.template, position_a=tuple(map(float, p.position_a)),
-                          rotation=np.asarray(p.rotation).tolist(), radius_a=p.radius_a)
+                          rotation=np.asarray(p.rotation).tolist(), radius_a=p.radius_a,
+                          membrane_id=p.membrane_id,
+                          normal=None if p.normal is None else tuple(map(float, p.normal)))
             for p in specimen.particles
         ],
         beads_a=[tuple(map(float, b)) for b in specimen.beads_a],

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
-from tomoweave.geometry.rotations import random_rotations
+from tomoweave.geometry.rotations import random_rotations, rotation_z
 from tomoweave.sim.config import SimConfig
 from tomoweave.sim.templates import add_particle, load_template
 
@@ -67,6 +67,8 @@ def build_specimen(config: SimConfig, rng: np.random.Generator) -> Specimen:
             vesicle = placer.place_vesicle(config.vesicle_radius_a)
             if vesicle is not None:
                 vesicles.append(vesicle)
+    membrane_proteins = (_place_membrane_proteins(config, placer, vesicles, rng)
+                         if config.particles_on and vesicles else [])
     bead_radius_a = config.bead_diameter_a / 2
     beads = []
     if config.beads_on:
@@ -75,6 +77,7 @@ def build_specimen(config: SimConfig, rng: np.random.Generator) -> Specimen:
             if position is not None:
                 beads.append(position)
     particles = _place_particles(config, placer, rng) if config.particles_on else []
+    particles = membrane_proteins + particles
 
     volume = np.zeros(shape_zyx, dtype=np.float32)
     for vesicle in vesicles:
@@ -102,6 +105,36 @@ def _place_particles(config: SimConfig, placer: _Placer, rng: np.random.Generato
             if position is not None:
                 particles.append(PlacedParticle(name, position, rotation, template.radius_a))
     return particles
+
+
+def _place_membrane_proteins(config: SimConfig, placer: _Placer, vesicles: list[Vesicle],
+                             rng: np.random.Generator) -> list[PlacedParticle]:
+    """Proteins centred on a membrane, their reference Z axis along the outward normal."""
+    placed = []
+    for name, count in sorted(config.membrane_proteins.items()):
+        template = load_template(name, config.pixel_size_a)
+        for _ in range(count):
+            membrane_id = int(rng.integers(len(vesicles)))
+            spot = placer.place_on_membrane(vesicles[membrane_id], template.radius_a)
+            if spot is None:
+                continue
+            position, normal = spot
+            rotation = rotation_z_to(normal) @ rotation_z(rng.uniform(0, 360))
+            placed.append(PlacedParticle(name, position, rotation, template.radius_a,
+                                         membrane_id, normal))
+    return placed
+
+
+def rotation_z_to(direction: np.ndarray) -> np.ndarray:
+    """A rotation taking the Z axis onto the unit vector ``direction`` (shortest arc)."""
+    direction = np.asarray(direction, dtype=float) / np.linalg.norm(direction)
+    axis = np.cross([0.0, 0.0, 1.0], direction)
+    sine, cosine = np.linalg.norm(axis), direction[2]
+    if sine < 1e-9:
+        return np.eye(3) if cosine > 0 else np.diag([1.0, -1.0, -1.0])
+    axis /= sine
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + sine * cross + (1 - cosine) * cross @ cross
 
 
 class _Placer:
@@ -133,10 +166,30 @@ class _Placer:
             if np.any(room < 0) or radii[2] < 0.5 * radius_range_a[0]:
                 continue
             centre = self.rng.uniform(-room, room)
-            if all(np.linalg.norm(centre - s[0]) > outer.max() + s[1] for s in self.spheres):
+            clear_of_spheres = all(np.linalg.norm(centre - s[0]) > outer.max() + s[1]
+                                   for s in self.spheres)
+            clear_of_shells = all(
+                np.linalg.norm(centre - v.centre_a) > outer.max() + v.radii_a.max()
+                + MEMBRANE_HALF_WIDTH_A for v in self.shells)
+            if clear_of_spheres and clear_of_shells:
                 vesicle = Vesicle(centre, radii)
                 self.shells.append(vesicle)
                 return vesicle
+        return None
+
+    def place_on_membrane(self, vesicle: Vesicle, radius_a: float):
+        """A free spot on ``vesicle``'s surface inside the ice: (position, outward normal)."""
+        for _ in range(_MAX_TRIES // 10):
+            direction = self.rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            position = vesicle.centre_a + direction / np.linalg.norm(direction / vesicle.radii_a)
+            normal = (position - vesicle.centre_a) / vesicle.radii_a**2
+            normal /= np.linalg.norm(normal)
+            inside = np.all(np.abs(position) + radius_a <= self.limits_a)
+            clear = all(np.sum((position - c) ** 2) >= (radius_a + r) ** 2 for c, r in self.spheres)
+            if inside and clear:
+                self.spheres.append((position, radius_a))
+                return position, normal
         return None
 
     def _free(self, position: np.ndarray, radius_a: float) -> bool:
