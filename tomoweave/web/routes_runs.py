@@ -74,14 +74,15 @@ def validate_run_request(body: RunRequest) -> type:
                                   "errors": errors}) from None
     for input_name, spec in protocol_class.inputs.items():
         if not spec.optional and body.inputs.get(input_name) in (None, "", []):
-            raise field_error(f"inputs.{input_name}",
-                              f"choose an output holding {spec.item_type.__name__} items")
+            raise field_error(f"inputs.{input_name}", f"input '{input_name}': choose an output "
+                              f"holding {spec.item_type.__name__} items")
     return protocol_class
 
 
-def _input_field(message: str, protocol_class) -> str | None:
+def _input_field(message: str, protocol_class, given: dict[str, Any]) -> str | None:
+    """The input an engine error is about: named in it, or whose reference it quotes."""
     for name in protocol_class.inputs:
-        if f"'{name}'" in message:
+        if f"'{name}'" in message or (given.get(name) and f"'{given[name]}'" in message):
             return f"inputs.{name}"
     return None
 
@@ -97,7 +98,10 @@ def _create(access, body: RunRequest):
         return project.create_run(body.protocol, body.inputs, body.params, body.name,
                                   body.executor)
     except TomoweaveError as error:
-        raise field_error(_input_field(str(error), protocol_class), str(error)) from None
+        field, message = _input_field(str(error), protocol_class, body.inputs), str(error)
+        if field and f"'{field[7:]}'" not in message:
+            message = f"input '{field[7:]}': {message}"
+        raise field_error(field, message) from None
 
 
 @router.post("/runs")

@@ -85,6 +85,10 @@ export function fmt(value, digits = 2) {
   return String(value);
 }
 
+export function fixed(value, digits = 1) {
+  return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
+}
+
 export function when(seconds) {
   return seconds ? new Date(seconds * 1000).toLocaleString() : "–";
 }

@@ -4,12 +4,6 @@ import { api, el, fieldLabel, fmt } from "./app.js";
 
 const ASSESS_PROTOCOL = "ctf.assess";
 
-function median(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
 // A scatter/line plot on a canvas; returns the pixel positions of the points for hit-testing.
 function plot(canvas, series, options) {
   const ctx = canvas.getContext("2d");
@@ -75,27 +69,43 @@ export async function showCtf(view, runId, output, key) {
   const protocols = await api("/api/protocols");
   const assess = protocols.find((p) => p.name === ASSESS_PROTOCOL);
   const mean = (t) => (t.ctf.defocus_u_a + t.ctf.defocus_v_a) / 2e4;  // µm
-  const st = { threshold: 0.5, selected: null, keep: new Map() };
-  const centre = median(tilts.map(mean));
-  const flagged = (t) => t.excluded || Math.abs(mean(t) - centre) > st.threshold;
-  for (const t of tilts) st.keep.set(t.stackIndex, !flagged(t));
+  // the same rule as ctf.assess: relative deviation of U or V from the mean of the unflagged tilts
+  const st = { tolerance: 0.2, selected: null, keep: new Map(), flags: new Map(), meanU: 0, meanV: 0 };
+  function assessRule() {
+    let flags = tilts.map((t) => t.excluded);
+    for (let iteration = 0; iteration < 20; iteration++) {
+      const kept = tilts.filter((_, i) => !flags[i]);
+      const pool = kept.length ? kept : tilts;
+      st.meanU = pool.reduce((a, t) => a + t.ctf.defocus_u_a, 0) / pool.length;
+      st.meanV = pool.reduce((a, t) => a + t.ctf.defocus_v_a, 0) / pool.length;
+      const next = tilts.map((t) => t.excluded || Math.abs(t.ctf.defocus_u_a - st.meanU) / st.meanU > st.tolerance ||
+        Math.abs(t.ctf.defocus_v_a - st.meanV) / st.meanV > st.tolerance);
+      const same = next.every((f, i) => f === flags[i]);
+      flags = next;
+      if (same) break;
+    }
+    tilts.forEach((t, i) => { st.flags.set(t.stackIndex, flags[i]); st.keep.set(t.stackIndex, !flags[i]); });
+  }
+  const flagged = (t) => st.flags.get(t.stackIndex);
+  assessRule();
   const canvas = el("canvas", { id: "ctf-plot", width: 760, height: 380, style: "width:100%;max-width:760px;cursor:pointer" });
   const detail = el("div", { class: "diagnostic", id: "ctf-detail" }, el("p", { class: "muted" }, "Click a point to see that tilt's spectrum and fit."));
-  const thresholdInput = el("input", { type: "number", id: "ctf-threshold", min: 0.05, step: 0.05, value: st.threshold, style: "width:90px" });
+  const thresholdInput = el("input", { type: "number", id: "ctf-threshold", min: 1, max: 500, step: 1, value: st.tolerance * 100, style: "width:90px" });
   const table = el("tbody");
   const message = el("div", { class: "status-line", id: "assess-status" });
   let hits = [];
 
   function redraw() {
     const points = tilts.map((t) => [t.tilt_deg, mean(t)]);
+    const centre = (st.meanU + st.meanV) / 2e4;
     hits = plot(canvas, [
       { name: "mean", points, colour: "#2b6cb0", selected: st.selected,
         colourOf: (i) => (st.keep.get(tilts[i].stackIndex) ? (flagged(tilts[i]) ? "#c27c0e" : "#2b6cb0") : "#c53030"),
         hollow: (i) => flagged(tilts[i]) },
     ], { xLabel: "tilt (°)", yLabel: "mean defocus (µm, underfocus +)",
-      hLines: [{ y: centre, colour: "#2f855a", label: `median ${fmt(centre, 2)} µm` },
-        { y: centre + st.threshold, colour: "#c27c0e", label: `+${st.threshold} µm` },
-        { y: centre - st.threshold, colour: "#c27c0e", label: `−${st.threshold} µm` }] });
+      hLines: [{ y: centre, colour: "#2f855a", label: `mean ${fmt(centre, 2)} µm` },
+        { y: centre * (1 + st.tolerance), colour: "#c27c0e", label: `+${fmt(st.tolerance * 100, 0)} %` },
+        { y: centre * (1 - st.tolerance), colour: "#c27c0e", label: `−${fmt(st.tolerance * 100, 0)} %` }] });
     table.replaceChildren(...tilts.map((t, i) => {
       const box = el("input", { type: "checkbox", checked: st.keep.get(t.stackIndex), "data-tilt": t.tilt_deg,
         onchange: () => { st.keep.set(t.stackIndex, box.checked); redraw(); } });
@@ -129,24 +139,21 @@ export async function showCtf(view, runId, output, key) {
     if (best) select(best.index);
   });
   thresholdInput.addEventListener("change", () => {
-    st.threshold = Math.max(0.01, Number(thresholdInput.value) || 0.5);
-    for (const t of tilts) st.keep.set(t.stackIndex, !flagged(t));
+    st.tolerance = Math.max(0.01, (Number(thresholdInput.value) || 20) / 100);
+    assessRule();
     redraw();
   });
 
   async function runAssessment() {
-    const kept = tilts.filter((t) => st.keep.get(t.stackIndex)), dropped = tilts.filter((t) => !st.keep.get(t.stackIndex));
-    const body = { protocol: ASSESS_PROTOCOL, inputs: {}, params: {} };
+    // the person's choice is final: every checked tilt kept, every other dropped (by stack index)
+    const kept = tilts.filter((t) => st.keep.get(t.stackIndex)).map((t) => t.stackIndex);
+    const dropped = tilts.filter((t) => !st.keep.get(t.stackIndex)).map((t) => t.stackIndex);
+    const wanted = { tolerance: st.tolerance, keep_tilts: kept, drop_tilts: dropped, by: "index" };
+    const declared = assess.params.properties || {};
+    const params = Object.fromEntries(Object.entries(wanted).filter(([name]) => name in declared));
+    const body = { protocol: ASSESS_PROTOCOL, inputs: {}, params };
     const tiltInput = Object.entries(assess.inputs).find(([, s]) => s.type === "TiltSeries");
     if (tiltInput) body.inputs[tiltInput[0]] = `${run.name}.${output}`;
-    for (const [name, property] of Object.entries(assess.params.properties || {})) {
-      const lower = name.toLowerCase();
-      const list = /drop|reject|exclude|bad/.test(lower) ? dropped : /keep|accept|good/.test(lower) ? kept : null;
-      if (!list) continue;
-      const values = list.map((t) => (lower.includes("deg") || lower.includes("angle") ? t.tilt_deg : t.stackIndex));
-      const isObject = property.type === "object" || (property.anyOf || []).some((s) => s.type === "object");
-      body.params[name] = isObject ? { [key]: values } : values;
-    }
     message.className = "status-line";
     message.textContent = "Launching ctf.assess…";
     try {
@@ -161,8 +168,8 @@ export async function showCtf(view, runId, output, key) {
     el("div", { class: "panel" }, el("table", { class: "data" }, el("thead", {}, el("tr", {}, el("th", {}, "keep"), el("th", {}, "tilt"),
       el("th", {}, "defocus U (µm)"), el("th", {}, "defocus V (µm)"), el("th", {}, "fit res. (Å)"), el("th", {}, "flag"))), table))),
     el("div", {}, el("div", { class: "panel controls" },
-      el("label", { for: "ctf-threshold", title: "tilts whose mean defocus differs from the series median by more are flagged" },
-        "Flag deviation above ", el("span", { class: "unit" }, "(µm)")), thresholdInput,
+      el("label", { for: "ctf-threshold", title: "as ctf.assess: defocus U or V farther than this from the series mean (of unflagged tilts)" },
+        "Flag defocus deviating from the mean by more than ", el("span", { class: "unit" }, "(%)")), thresholdInput,
       el("div", { class: "buttons", style: "margin-top:12px" },
         el("button", { class: "primary", id: "assess-button", disabled: !assess, onclick: runAssessment,
           title: assess ? "make good/bad subsets with ctf.assess" : "the ctf.assess protocol is not installed" },

@@ -112,10 +112,17 @@ export async function showRun(view, runId) {
       el("div", { class: "panel" }, el("h2", {}, "Log ", el("span", { class: "muted" }, `${run.folder}/logs/run.log`)), log),
       el("div", { class: "panel" }, provenanceBlock(run)));
     lastState = run.state;
+    tail();
     return run;
   };
 
+  let tailing = false;
   const tail = async () => {
+    if (tailing) return;
+    tailing = true;
+    try { await tailOnce(); } finally { tailing = false; }
+  };
+  const tailOnce = async () => {
     const chunk = await api(`/api/runs/${runId}/log?offset=${logOffset}`);
     if (chunk.text) {
       const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 20;
@@ -130,7 +137,6 @@ export async function showRun(view, runId) {
   };
 
   await render();
-  await tail();
   onProjectEvent((event) => { if (event.run_id === runId) render(); });
   const timer = setInterval(() => {
     if (lastState === "running" || lastState === "queued") { tail(); }

@@ -1,6 +1,6 @@
 // Tilt-series viewer: a tilt slider over the images in tilt order, with the tilt's alignment
 // applied on the fly (in the canvas: image Å = Rz · aligned + shift, so aligned = Rz⁻¹ (p − shift)).
-import { api, el, fmt } from "./app.js";
+import { api, el, fixed, fmt } from "./app.js";
 
 export async function showTiltSeries(view, runId, output, key) {
   const run = await api(`/api/runs/${runId}`);
@@ -57,7 +57,7 @@ export async function showTiltSeries(view, runId, output, key) {
 
   function describe(tilt) {
     const a = tilt.alignment, c = tilt.ctf;
-    const rows = [["nominal tilt", `${fmt(tilt.tilt_deg, 1)}°`], ["exposed", `#${tilt.acquisition_order + 1} of ${order.length}`],
+    const rows = [["nominal tilt", `${fixed(tilt.tilt_deg, 1)}°`], ["exposed", `#${tilt.acquisition_order + 1} of ${order.length}`],
       ["dose before", `${fmt(tilt.pre_exposure_e_a2, 1)} e/Å²`], ["stack slice", `${tilt.image_index}`],
       ["excluded", tilt.excluded ? "yes" : "no"]];
     if (a) rows.push(["aligned tilt", `${fmt(a.y_tilt_deg, 2)}°`], ["in-plane rotation", `${fmt(a.z_rot_deg, 2)}°`],
@@ -69,7 +69,7 @@ export async function showTiltSeries(view, runId, output, key) {
   function load() {
     const seq = ++st.seq;
     const tilt = order[st.position];
-    tiltValue.textContent = `${fmt(tilt.tilt_deg, 1)}° (${st.position + 1} / ${order.length})`;
+    tiltValue.textContent = `${fixed(tilt.tilt_deg, 1)}° (${st.position + 1} / ${order.length})`;
     describe(tilt);
     if (!tilt.image_path) { facts.append(el("dd", { class: "error-text" }, "this tilt has no image (movies only)")); return; }
     fetch(`/api/image?path=${encodeURIComponent(tilt.image_path)}&index=${tilt.image_index}`).then(async (response) => {
