@@ -173,9 +173,13 @@ def _tilt_from_row(table, number, row: int, tilt_column: str, rank: int, pre: fl
                       score=get("rlnCtfFigureOfMerit"), diagnostic_path=text("rlnCtfImage"))
     nominal = get("rlnTomoNominalDefocus")
     frames = get("rlnTomoTiltMovieFrameCount")
+    image, index = text("rlnMicrographName"), 0
+    if image and "@" in image and image.split("@", 1)[0].isdigit():
+        slice_number, image = image.split("@", 1)
+        index = int(slice_number) - 1
     return TiltImage(
         tilt_deg=get(tilt_column), acquisition_order=rank, pre_exposure_e_a2=max(0.0, pre),
-        image_path=text("rlnMicrographName"), movie_path=text("rlnMicrographMovieName"),
+        image_path=image, image_index=index, movie_path=text("rlnMicrographMovieName"),
         frame_count=int(frames) if frames else None,
         nominal_defocus_a=-nominal * 1e4 if nominal is not None else None,
         alignment=alignment, ctf=ctf)
@@ -239,7 +243,10 @@ def tilt_series_table(item: TiltSeries) -> pd.DataFrame:
     }
     _optional(table, "rlnMicrographMovieName", [t.movie_path for t in tilts], "")
     _optional(table, "rlnTomoTiltMovieFrameCount", [t.frame_count for t in tilts], 1)
-    _optional(table, "rlnMicrographName", [t.image_path for t in tilts], "")
+    stacked = len({t.image_path for t in tilts}) < len(tilts)  # one stack: RELION's "n@stack"
+    _optional(table, "rlnMicrographName",
+              [f"{t.image_index + 1}@{t.image_path}" if stacked and t.image_path else t.image_path
+               for t in tilts], "")
     _optional(table, "rlnTomoNominalDefocus",
               [None if t.nominal_defocus_a is None else -t.nominal_defocus_a / 1e4
                for t in tilts], 0.0)

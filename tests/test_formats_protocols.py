@@ -1,0 +1,88 @@
+"""import.FORMAT / export.FORMAT protocols in a project, driven through the Python API."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tomoweave.api import Project
+from tomoweave.engine.errors import InputError
+from tomoweave.formats import dynamo, relion_particles
+from tomoweave.formats.imod import read_tilt_angles, read_xf
+from tomoweave.geometry import rotation_angle_between_deg
+from tomoweave.geometry.rotations import random_rotations
+from tomoweave.model import Particle
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    return Project.init(tmp_path / "proj")
+
+
+def test_import_aretomo_onto_tilt_series_then_export_imod(project, tmp_path, stack_factory):
+    stack = stack_factory("global_no_local", n_tilts=61, size_yx=(32, 32))
+    shutil.copy(DATA / "aretomo" / "global_no_local.tlt", stack.with_suffix(".tlt"))
+    series_run = project.run("import.tiltseries", params={"files": [str(stack)],
+                                                          "pixel_size_a": 4.0}, executor="inline")
+    imported = project.run("import.aretomo", inputs={"tilt_series": series_run.name},
+                           params={"files": [str(DATA / "aretomo" / "global_no_local.aln")]},
+                           executor="inline")
+    assert imported.state == "finished"
+    (series,) = project.items(imported, "tilt_series")
+    assert series.tilts[0].image_path is not None  # the project's stack is kept
+    assert series.tilts[0].alignment.shift_x_a == pytest.approx(9.220 * 4.0)
+    assert series.tilts[0].alignment.z_rot_deg == pytest.approx(95.404)
+    exported = project.run("export.imod", inputs={"tilt_series": imported.name},
+                           params={"out_dir": str(tmp_path / "imod")}, executor="inline")
+    assert exported.state == "finished"
+    mine = read_xf(tmp_path / "imod" / "global_no_local.xf")
+    theirs = read_xf(DATA / "aretomo" / "global_no_local.xf")
+    assert np.abs(mine[:, :, :2] - theirs[:, :, :2]).max() < 1e-3
+    assert np.abs(mine[:, :, 2] - theirs[:, :, 2]).max() < 0.02
+    assert np.allclose(read_tilt_angles(tmp_path / "imod" / "global_no_local.tlt"),
+                       read_tilt_angles(DATA / "aretomo" / "global_no_local.tlt"), atol=1e-3)
+
+
+def test_dynamo_import_export_relion5_and_back(project, tmp_path):
+    rng = np.random.default_rng(5)
+    particles = [Particle(name=f"TS_01/{i}", tomogram="TS_01",
+                          position_a=tuple(rng.uniform(-500, 500, 3)), rotation=r.tolist())
+                 for i, r in enumerate(random_rotations(12, rng))]
+    dynamo.write_dynamo_table(tmp_path / "in.tbl", particles, 10.0, (201, 200, 61))
+    imported = project.run("import.dynamo", params={
+        "files": [str(tmp_path / "in.tbl")], "pixel_size_a": 10.0,
+        "tomo_size_xyz": [201, 200, 61]}, executor="inline")
+    assert imported.state == "finished"
+    exported = project.run("export.relion5", inputs={"particles": imported.name},
+                           params={"out_dir": str(tmp_path / "r5"), "pixel_size_a": 10.0},
+                           executor="inline")
+    assert exported.state == "finished"
+    back = relion_particles.read_relion5_particles(tmp_path / "r5" / "particles.star")
+    again = project.run("export.dynamo", inputs={"particles": imported.name},
+                        params={"out_dir": str(tmp_path / "dyn"), "pixel_size_a": 10.0,
+                                "tomo_size_xyz": [201, 200, 61]}, executor="inline")
+    assert again.state == "finished"
+    table = dynamo.read_dynamo_table(tmp_path / "dyn" / "TS_01.tbl", 10.0, (201, 200, 61),
+                                     tmp_path / "dyn" / "TS_01.doc")
+    for original, star, tbl in zip(particles, back, table, strict=True):
+        for other in (star, tbl):
+            assert np.abs(np.subtract(original.position_a, other.position_a)).max() < 1e-3 * 10
+            assert rotation_angle_between_deg(original.rotation_matrix,
+                                              other.rotation_matrix) < 1e-3
+
+
+def test_import_bad_file_leaves_project_untouched(project, tmp_path):
+    bad = tmp_path / "bad.aln"
+    bad.write_text("# AreTomo Alignment\n# SEC ROT GMAG TX TY SMEAN SFIT SCALE BASE TILT\n1 2 3\n")
+    runs_before = len(project.runs())
+    with pytest.raises(InputError, match=r"bad.aln: line 3: expected 10 columns"):
+        project.run("import.aretomo", params={"files": [str(bad)]}, executor="inline")
+    assert len(project.runs()) == runs_before
+
+
+def test_export_without_inputs_is_refused(project, tmp_path):
+    with pytest.raises(InputError, match="give at least one input"):
+        project.run("export.warp", params={"out_dir": str(tmp_path / "w")}, executor="inline")

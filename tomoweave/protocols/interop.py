@@ -1,0 +1,202 @@
+"""Import protocols for other programs' files: alignments, CTFs and particles.
+
+``import.FORMAT`` reads files with ``tomoweave.convert`` (so through the geometry layer) and
+outputs tilt series and/or particles. Given an existing ``tilt_series`` input, the alignment and
+CTF read from the files are put onto those tilt series (matched by name, then tilt by tilt) so
+they keep their images; otherwise the tilt series carry only what the files hold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from tomoweave.convert import ConvertOptions, Loaded, load
+from tomoweave.engine import (
+    Input,
+    InputError,
+    ItemError,
+    Output,
+    ProcessContext,
+    Protocol,
+    Task,
+    param,
+)
+from tomoweave.model import Particle, TiltSeries
+from tomoweave.protocols.imports import expand_files, series_name
+
+MATCH_TOLERANCE_DEG = 1.0
+
+
+class InteropImportParams(BaseModel):
+    files: list[str] = param(..., help="files to import (wildcards allowed)")
+    pixel_size_a: float | None = param(None, gt=0, unit="Å", help="pixel size of the files' "
+                                       "pixels, when they do not say (default: the input tilt "
+                                       "series' pixel size)")
+    tomo_size_xyz: list[int] | None = param(None, cli="--tomo-size", help="tomogram size X Y Z "
+                                            "in pixels, for coordinates counted from the corner")
+    image_size_xy: list[int] | None = param(None, cli="--image-size",
+                                            help="tilt-image size X Y in pixels")
+    tilts: str | None = param(None, help="tilt angles file (.tlt/.rawtlt) for files without them")
+
+
+def _options(params: InteropImportParams, pixel_size_a: float | None = None) -> ConvertOptions:
+    return ConvertOptions(
+        pixel_size_a=params.pixel_size_a or pixel_size_a,
+        tomo_size_xyz=tuple(params.tomo_size_xyz) if params.tomo_size_xyz else None,
+        image_size_xy=tuple(params.image_size_xy) if params.image_size_xy else None,
+        tilts_file=params.tilts)
+
+
+class InteropImport(Protocol):
+    """Base of the import.FORMAT protocols; subclasses name the file suffixes they accept."""
+
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    Params = InteropImportParams
+    inputs = {"tilt_series": Input(TiltSeries, mapped=False, optional=True,
+                                   help="tilt series to put the imported alignment/CTF on")}
+    outputs = {"tilt_series": Output(TiltSeries), "particles": Output(Particle)}
+
+    def plan(self, params: InteropImportParams, inputs: dict[str, Any]) -> list[Task]:
+        targets = {s.name: s for s in inputs.get("tilt_series", []) or []}
+        tasks: list[Task] = []
+        for path in expand_files(params.files):
+            if self.suffixes and not path.name.lower().endswith(self.suffixes):
+                raise InputError(f"{path}: {self.name} reads {' '.join(self.suffixes)} files")
+            names = (series_name(path), path.stem, path.stem.removesuffix("_CTF"))
+            target = next((targets[n] for n in names if n in targets), None)
+            loaded = self._load(path, params, target.pixel_size_a if target else None)
+            tasks += [Task(key=s.name, payload=s) for s in loaded.series]
+            for tomogram, group in _by_tomogram(loaded.particles).items():
+                tasks.append(Task(key=f"particles:{tomogram}", payload={
+                    "particles": [p.model_dump(mode="json") for p in group]}))
+        if not tasks:
+            raise InputError(f"{self.name}: the files hold no tilt series or particles")
+        return tasks
+
+    def _load(self, path: Path, params: InteropImportParams, pixel: float | None) -> Loaded:
+        try:
+            return load(path, _options(params, pixel))
+        except (ValueError, OSError) as error:  # format errors name file/line/column already
+            raise InputError(str(error)) from None
+
+    def process(self, payload: Any, params: InteropImportParams,
+                context: ProcessContext) -> dict[str, Any]:
+        if isinstance(payload, dict) and "particles" in payload:
+            particles = [Particle.model_validate(p) for p in payload["particles"]]
+            context.log(f"{len(particles)} particles of {particles[0].tomogram}")
+            return {"particles": particles, "tilt_series": []}
+        series: TiltSeries = payload
+        targets = {s.name: s for s in context.inputs.get("tilt_series", []) or []}
+        if series.name in targets:
+            series = merge_onto(targets[series.name], series)
+            context.log(f"{series.name}: alignment/CTF put on the project's tilt series")
+        return {"tilt_series": series, "particles": []}
+
+
+def merge_onto(target: TiltSeries, imported: TiltSeries) -> TiltSeries:
+    """``target`` with the alignment and CTF of ``imported``: tilt by tilt when the counts agree,
+    else each imported tilt onto the target tilt with the nearest nominal angle."""
+    merged = target.model_copy(deep=True)
+    if len(imported.tilts) == len(merged.tilts):
+        pairs = list(zip(merged.tilts, imported.tilts, strict=True))
+    else:
+        pairs = []
+        for tilt in imported.tilts:
+            nearest = min(merged.tilts, key=lambda t: abs(t.tilt_deg - tilt.tilt_deg))
+            if abs(nearest.tilt_deg - tilt.tilt_deg) > MATCH_TOLERANCE_DEG:
+                raise ItemError(f"{target.name}: imported tilt {tilt.tilt_deg:.2f}° has no tilt "
+                                f"within {MATCH_TOLERANCE_DEG}° in the project's series")
+            pairs.append((nearest, tilt))
+        matched = {id(t) for t, _ in pairs}
+        for tilt in merged.tilts:  # tilts the program left out (excluded views)
+            if id(tilt) not in matched:
+                tilt.excluded = True
+    for mine, theirs in pairs:
+        if theirs.alignment is not None:
+            mine.alignment = theirs.alignment
+        if theirs.ctf is not None:
+            mine.ctf = theirs.ctf
+        mine.excluded = mine.excluded or theirs.excluded
+    return merged
+
+
+def _by_tomogram(particles: list[Particle]) -> dict[str, list[Particle]]:
+    groups: dict[str, list[Particle]] = {}
+    for particle in particles:
+        groups.setdefault(particle.tomogram, []).append(particle)
+    return groups
+
+
+class ImportRelion5(InteropImport):
+    """RELION 5 tomograms.star (+ tilt-series STAR files), particles STAR or optimisation set."""
+
+    name = "import.relion5"
+    label = "Import RELION 5 tomography"
+    suffixes = (".star",)
+
+
+class ImportRelion4(InteropImport):
+    """RELION 3/4 subtomogram particles (pixel coordinates from the tomogram corner)."""
+
+    name = "import.relion4"
+    label = "Import RELION 3/4 particles"
+    suffixes = (".star",)
+
+
+class ImportImod(InteropImport):
+    """IMOD alignment (.xf with .tlt/.xtilt/.defocus beside it), or particles in a .mod model."""
+
+    name = "import.imod"
+    label = "Import IMOD alignment or model"
+    suffixes = (".xf", ".tlt", ".mod", ".defocus")
+
+
+class ImportAreTomo(InteropImport):
+    """AreTomo .aln alignment (with <name>_CTF.txt beside it when present)."""
+
+    name = "import.aretomo"
+    label = "Import AreTomo alignment"
+    suffixes = (".aln",)
+
+
+class ImportWarp(InteropImport):
+    """Warp/WarpTools tilt-series XML or .tomostar, or a Warp particle STAR."""
+
+    name = "import.warp"
+    label = "Import Warp tilt series"
+    suffixes = (".xml", ".tomostar", ".star")
+
+
+class ImportDynamo(InteropImport):
+    """Dynamo particle table (.tbl, with its .doc tomogram map beside it)."""
+
+    name = "import.dynamo"
+    label = "Import Dynamo table"
+    suffixes = (".tbl",)
+
+
+class ImportCtffind(InteropImport):
+    """Per-tilt CTF: CTFFIND4/5 or AreTomo _CTF.txt, or IMOD ctfplotter .defocus."""
+
+    name = "import.ctffind"
+    label = "Import CTF estimates"
+    suffixes = (".txt", ".defocus")
+
+
+class ImportEman(InteropImport):
+    """EMAN2 info json with boxes_3d."""
+
+    name = "import.eman"
+    label = "Import EMAN2 boxes"
+    suffixes = (".json",)
+
+
+class ImportCopick(InteropImport):
+    """copick picks json (locations and 4×4 transforms)."""
+
+    name = "import.copick"
+    label = "Import copick picks"
+    suffixes = (".json",)

@@ -1,0 +1,232 @@
+"""Export protocols: tilt series, particles and tomograms to other programs' files.
+
+``export.FORMAT`` writes into ``out_dir`` (any folder) and logs every file it wrote. Particle
+coordinates counted from a tomogram corner use the size and pixel size of the matching item of the
+``tomograms`` input, else the ``tomo_size_xyz``/``pixel_size_a`` parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from tomoweave.convert import WRITERS, ConvertOptions, Loaded
+from tomoweave.engine import Input, InputError, ItemError, ProcessContext, Protocol, Task, param
+from tomoweave.formats import copick, dynamo, eman, relion5, warp
+from tomoweave.formats import relion_particles as rp
+from tomoweave.formats.imod_extra import write_imod_particles
+from tomoweave.formats.mrc import read_mrc
+from tomoweave.model import Particle, TiltSeries, Tomogram
+
+
+class InteropExportParams(BaseModel):
+    out_dir: str = param(..., help="folder to write the files into")
+    pixel_size_a: float | None = param(None, gt=0, unit="Å", help="pixel size of written particle "
+                                       "coordinates (default: the tomogram's, else the tilt "
+                                       "series')")
+    tomo_size_xyz: list[int] | None = param(None, cli="--tomo-size", help="tomogram size X Y Z "
+                                            "in those pixels (default: from the tomograms input)")
+
+
+class InteropExport(Protocol):
+    """Base of the export.FORMAT protocols."""
+
+    target: ClassVar[str] = ""
+    Params = InteropExportParams
+    inputs = {
+        "tilt_series": Input(TiltSeries, mapped=False, optional=True, help="tilt series"),
+        "particles": Input(Particle, mapped=False, optional=True, help="particles"),
+        "tomograms": Input(Tomogram, mapped=False, optional=True,
+                           help="tomograms: sizes for particle coordinates; volumes for copick"),
+    }
+    outputs = {}
+
+    def plan(self, params: InteropExportParams, inputs: dict[str, Any]) -> list[Task]:
+        if not any(inputs.get(name) for name in self.inputs):
+            raise InputError(f"{self.name}: give at least one input: --input tilt_series=RUN, "
+                             f"particles=RUN or tomograms=RUN")
+        return [Task(key=self.target, payload={"out_dir": str(Path(params.out_dir).resolve())})]
+
+    def process(self, payload: dict, params: InteropExportParams,
+                context: ProcessContext) -> dict[str, Any]:
+        out = Path(payload["out_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        series = [_absolute_paths(s, context) for s in context.inputs.get("tilt_series") or []]
+        particles = list(context.inputs.get("particles") or [])
+        tomograms = list(context.inputs.get("tomograms") or [])
+        try:
+            written = self.write(out, series, particles, tomograms, params, context)
+        except ValueError as error:
+            raise ItemError(str(error)) from None
+        for path in written:
+            context.log(f"wrote {path}")
+        return {}
+
+    def write(self, out: Path, series: list[TiltSeries], particles: list[Particle],
+              tomograms: list[Tomogram], params: InteropExportParams,
+              context: ProcessContext) -> list[Path]:
+        written = []
+        if series:
+            written += WRITERS[self.target](Loaded(series=series), out, ConvertOptions())
+        for tomogram, group in _by_tomogram(particles).items():
+            pixel, size = _frame(tomogram, tomograms, series, params)
+            written += self.write_particles(out, tomogram, group, pixel, size)
+        return written
+
+    def write_particles(self, out: Path, tomogram: str, particles: list[Particle],
+                        pixel_size_a: float, size: tuple[int, int, int]) -> list[Path]:
+        raise ValueError(f"{self.name} does not write particles")
+
+
+def _absolute_paths(series: TiltSeries, context: ProcessContext) -> TiltSeries:
+    """Image paths made absolute so that files written outside the project still find them."""
+    copy = series.model_copy(deep=True)
+    for tilt in copy.tilts:
+        for name in ("image_path", "movie_path"):
+            value = getattr(tilt, name)
+            if value:
+                setattr(tilt, name, str(context.resolve(value)))
+    return copy
+
+
+def _by_tomogram(particles: list[Particle]) -> dict[str, list[Particle]]:
+    groups: dict[str, list[Particle]] = {}
+    for particle in particles:
+        groups.setdefault(particle.tomogram, []).append(particle)
+    return groups
+
+
+def _frame(name: str, tomograms: list[Tomogram], series: list[TiltSeries],
+           params: InteropExportParams) -> tuple[float, tuple[int, int, int]]:
+    """Pixel size and size of the tomogram particles of ``name`` refer to."""
+    match = next((t for t in tomograms if name in (t.name, t.tilt_series)), None)
+    if match is not None and params.tomo_size_xyz is None:
+        return match.pixel_size_a, tuple(match.size_xyz)
+    if params.tomo_size_xyz is None:
+        raise ValueError(f"no tomogram size for particles of {name!r}: give the tomograms input "
+                         f"or --tomo-size X Y Z")
+    pixel = params.pixel_size_a or next((s.pixel_size_a for s in series if s.name == name), None)
+    if pixel is None:
+        raise ValueError(f"no pixel size for particles of {name!r}: give --pixel-size")
+    return pixel, tuple(params.tomo_size_xyz)
+
+
+class ExportRelion5(InteropExport):
+    """RELION 5: tomograms.star, tilt_series/*.star, particles.star (centred Å), optimisation set."""
+
+    name = "export.relion5"
+    label = "Export to RELION 5"
+    target = "relion5"
+
+    def write(self, out, series, particles, tomograms, params, context) -> list[Path]:
+        written = []
+        if series:
+            size = tuple(params.tomo_size_xyz) if params.tomo_size_xyz else None
+            written.append(relion5.write_relion5(out, series, size, tomograms))
+        if particles:
+            pixel = params.pixel_size_a or (series[0].pixel_size_a if series else None) or (
+                tomograms[0].pixel_size_a if tomograms else 1.0)
+            rp.write_relion5_particles(out / "particles.star", particles, pixel)
+            written.append(out / "particles.star")
+        if series and particles:
+            relion5.write_optimisation_set(out / "optimisation_set.star", "particles.star",
+                                           "tomograms.star")
+            written.append(out / "optimisation_set.star")
+        return written
+
+
+class ExportImod(InteropExport):
+    """IMOD: <name>.xf/.tlt/.xtilt/.rawtlt/.defocus per tilt series, <tomogram>.mod particles."""
+
+    name = "export.imod"
+    label = "Export to IMOD"
+    target = "imod"
+
+    def write_particles(self, out, tomogram, particles, pixel_size_a, size) -> list[Path]:
+        path = out / f"{tomogram}.mod"
+        write_imod_particles(path, particles, pixel_size_a, size)
+        return [path]
+
+
+class ExportWarp(InteropExport):
+    """WarpTools: <name>.xml and .tomostar per tilt series, particles_<tomogram>.star."""
+
+    name = "export.warp"
+    label = "Export to Warp"
+    target = "warp"
+
+    def write_particles(self, out, tomogram, particles, pixel_size_a, size) -> list[Path]:
+        path = out / f"particles_{tomogram}.star"
+        warp.write_warp_particles(path, particles, pixel_size_a, size, pixel_size_a)
+        return [path]
+
+
+class ExportDynamo(InteropExport):
+    """Dynamo: <tomogram>.tbl (+ .doc) per tomogram."""
+
+    name = "export.dynamo"
+    label = "Export to Dynamo"
+    target = "dynamo"
+
+    def write(self, out, series, particles, tomograms, params, context) -> list[Path]:
+        if not particles:
+            raise ValueError("export.dynamo writes particle tables: give --input particles=RUN")
+        return super().write(out, [], particles, tomograms, params, context)
+
+    def write_particles(self, out, tomogram, particles, pixel_size_a, size) -> list[Path]:
+        path = out / f"{tomogram}.tbl"
+        dynamo.write_dynamo_table(path, particles, pixel_size_a, size)
+        return [path, path.with_suffix(".doc")]
+
+
+class ExportAreTomo(InteropExport):
+    """AreTomo: <name>.aln and <name>_CTF.txt per tilt series."""
+
+    name = "export.aretomo"
+    label = "Export to AreTomo"
+    target = "aretomo"
+
+
+class ExportEman(InteropExport):
+    """EMAN2: info/<tomogram>_info.json boxes and spt/particle_parms_<tomogram>.json."""
+
+    name = "export.eman"
+    label = "Export to EMAN2"
+    target = "eman"
+
+    def write(self, out, series, particles, tomograms, params, context) -> list[Path]:
+        return super().write(out, [], particles, tomograms, params, context)
+
+    def write_particles(self, out, tomogram, particles, pixel_size_a, size) -> list[Path]:
+        info = out / "info" / f"{tomogram}_info.json"
+        eman.write_eman_boxes(info, particles, pixel_size_a, size)
+        parms = out / "spt" / f"particle_parms_{tomogram}.json"
+        eman.write_eman_orientations(parms, particles, f"particles3d/{tomogram}.hdf")
+        return [info, parms]
+
+
+class ExportCopick(InteropExport):
+    """copick project: config, picks per run, tomograms as OME-Zarr."""
+
+    name = "export.copick"
+    label = "Export to copick"
+    target = "copick"
+
+    def write(self, out, series, particles, tomograms, params, context) -> list[Path]:
+        copick.write_copick_config(out, ["particle"])
+        written = [out / "copick_config.json"]
+        for tomogram in tomograms:
+            run = tomogram.tilt_series or tomogram.name
+            store = (out / "ExperimentRuns" / run / f"VoxelSpacing{tomogram.pixel_size_a:.3f}"
+                     / f"{tomogram.method or 'tomoweave'}.zarr")
+            volume, _ = read_mrc(context.resolve(tomogram.path))
+            copick.write_ome_zarr(store, volume, tomogram.pixel_size_a)
+            written.append(store)
+        return written + super().write(out, [], particles, tomograms, params, context)
+
+    def write_particles(self, out, tomogram, particles, pixel_size_a, size) -> list[Path]:
+        path = copick.copick_picks_path(out, tomogram, "particle")
+        copick.write_copick_picks(path, particles, pixel_size_a, size)
+        return [path]
