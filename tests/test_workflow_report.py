@@ -74,3 +74,47 @@ def test_report_shows_runs_parameters_and_a_picture_per_output(tmp_path, stack_f
     assert all((project.root / image).is_file() for image in images)
     methods = tomoweave("methods", "-p", project.root).stdout
     assert "binning = 2.0" in methods and "tomoweave" in methods
+
+
+def test_streaming_workflow_processes_series_during_collection(tmp_path, shared_data):
+    import threading
+    import time
+
+    import mrcfile
+    import numpy as np
+
+    from tomoweave.workflow import stream_workflow
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+
+    def acquire(name: str) -> None:
+        with mrcfile.new(incoming / f"{name}.mrc") as stack:
+            stack.set_data(np.ones((41, 16, 16), dtype=np.float32))
+            stack.voxel_size = 5.4
+        text = (shared_data / "serialem" / "TS_01.mdoc").read_text()
+        (incoming / f"{name}.mdoc").write_text(text.replace("TS_01.mrc", f"{name}.mrc"))
+
+    workflow = tmp_path / "live.yaml"
+    workflow.write_text(yaml.safe_dump({"runs": [
+        {"name": "live", "protocol": "import.mdoc",
+         "params": {"files": [str(incoming / "*.mdoc")], "watch": True, "settle_s": 0.2,
+                    "stop_after_idle_s": 4.0}},
+        {"name": "bin2", "protocol": "tiltseries.bin", "inputs": {"tilt_series": "live"},
+         "params": {"binning": 2}}]}))
+    acquire("TS_01")
+    project = Project.init(tmp_path / "project")
+    session = threading.Thread(target=stream_workflow, args=(project, workflow, "inline"))
+    session.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and not project.catalog.runs():
+        time.sleep(0.1)
+    while time.time() < deadline and not [
+            r for r in project.catalog.journal(project.get_run("bin2").id).values()
+            if r["state"] == "done"]:
+        time.sleep(0.1)
+    assert session.is_alive(), "the session must still be watching for data"
+    acquire("TS_02")
+    session.join(timeout=60)
+    assert sorted(ts.name for ts in project.items("bin2")) == ["TS_01", "TS_02"]
+    assert [r.state for r in project.runs()] == ["finished", "finished"]

@@ -106,6 +106,36 @@ def run_workflow(project: Project, path: str | Path, executor: str = "local",
     return finished
 
 
+def stream_workflow(project: Project, path: str | Path, executor: str = "local",
+                    workers: int | None = None) -> list[Run]:
+    """Start every run of the workflow at once, each in its own scheduler thread.
+
+    Downstream runs wait on their open inputs and process items as they arrive, so a workflow
+    that starts with ``import.mdoc`` in watch mode processes tilt series during collection.
+    """
+    import threading
+
+    entries = load_workflow(path)
+    runs = [project.create_run(e["protocol"], e["inputs"], e["params"], e["name"], executor)
+            for e in entries]
+    errors: list[BaseException] = []
+
+    def execute(name: str) -> None:
+        try:
+            Project.open(project.root).execute(name, executor, workers)
+        except BaseException as error:  # reported after every thread ended
+            errors.append(error)
+
+    threads = [threading.Thread(target=execute, args=(run.name,), name=run.name) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise InputError(f"workflow stopped: {errors[0]}")
+    return runs
+
+
 def export_workflow(project: Project) -> str:
     """The YAML that reproduces the project's runs."""
     runs = []

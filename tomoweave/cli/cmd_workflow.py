@@ -22,7 +22,7 @@ from tomoweave.cli.common import (
 from tomoweave.engine.registry import get_protocol
 from tomoweave.report import write_report
 from tomoweave.store.project_dir import atomic_write_text
-from tomoweave.workflow import export_workflow, run_workflow
+from tomoweave.workflow import export_workflow, run_workflow, stream_workflow
 
 EXTERNAL_PROGRAMS = {
     "RELION": ["relion_refine", "relion_run_motioncorr", "relion_postprocess"],
@@ -49,12 +49,18 @@ def demo_workflow_path() -> Path:
 @handle_errors
 def run_workflow_command(workflow: Path = typer.Argument(..., help="workflow YAML"),
                          project_dir: Path = ProjectOption, executor: str = ExecutorOption,
-                         workers: int = WorkersOption) -> None:
+                         workers: int = WorkersOption,
+                         stream: bool = typer.Option(False, "--stream", help="start every run at "
+                                                     "once; each processes items as they arrive "
+                                                     "(with import.mdoc --set watch=true)")) -> None:
     """Run (or resume) the runs of a workflow file in dependency order."""
     if not (project_dir / "project.sqlite").exists():
         Project.init(project_dir)
     project = Project.open(project_dir)
-    runs = run_workflow(project, workflow, executor, workers, RunProgress)
+    if stream:
+        runs = stream_workflow(project, workflow, executor, workers)
+    else:
+        runs = run_workflow(project, workflow, executor, workers, RunProgress)
     for run in runs:
         typer.echo(f"{run.name}: {run.state}")
 

@@ -87,7 +87,8 @@ class Catalog:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        self.connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None,
+                                          check_same_thread=False)
         self.connection.row_factory = sqlite3.Row
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute("PRAGMA synchronous=NORMAL")
