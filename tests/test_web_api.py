@@ -261,3 +261,13 @@ def test_graph_has_runs_and_edges(client, web_project):
     assert form["inputs"]["tomograms"]["type"] == "Tomogram"
     assert form["params"]["properties"]["picks"]["unit"] == "Å"
     assert os.path.basename(client.get("/api/project").json()["root"]) == "proj"
+
+
+def test_png_encoding_round_trips_small_and_big_planes():
+    from tomoweave.web.imaging import encode_grey_png
+
+    rng = np.random.default_rng(3)
+    for shape in ((5, 7), (600, 1000)):  # deflated, and stored (above 512×512 px)
+        grey = rng.integers(0, 256, shape).astype(np.uint8)
+        decoded = np.asarray(Image.open(io.BytesIO(encode_grey_png(grey))))
+        assert decoded.shape == shape and np.array_equal(decoded, grey)

@@ -141,8 +141,21 @@ def run_details(request: Request, run_id: int) -> dict[str, Any]:
         protocol_info=_describe_or_none(run.protocol))
     for output_set in project.catalog.sets_of_run(run.id):
         records = project.catalog.items(output_set.id)[:MAX_LISTED_ITEMS]
-        details["outputs"][output_set.output]["items"] = [r.key for r in records]
+        details["outputs"][output_set.output]["items"] = [
+            {"key": r.key, "viewers": viewers_of(r.item_type, r.data)} for r in records]
     return details
+
+
+def viewers_of(item_type: str, data: dict[str, Any]) -> list[str]:
+    """The viewers that can show an item (page names of the front end)."""
+    if item_type in ("Tomogram", "Volume"):
+        return ["tomogram"]
+    if item_type == "Average":
+        return ["average"]
+    if item_type == "TiltSeries":
+        has_ctf = any(t.get("ctf") for t in data.get("tilts", []))
+        return ["tiltseries", "ctf"] if has_ctf else ["tiltseries"]
+    return []
 
 
 def _describe_or_none(name: str) -> dict[str, Any] | None:

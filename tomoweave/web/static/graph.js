@@ -1,7 +1,7 @@
 // The pipeline graph: runs as boxes coloured by state, outputs as arrows to the runs reading them.
 import { api, el, fmt, onProjectEvent, setCleanup, stateBadge, STATE_COLOURS, STATES, when } from "./app.js";
 
-const NODE_W = 210, NODE_H = 70, COL_GAP = 110, ROW_GAP = 30, PAD = 24;
+const NODE_W = 220, NODE_H = 70, COL_GAP = 150, ROW_GAP = 34, PAD = 24;
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 function svg(tag, attributes = {}, text) {
@@ -66,7 +66,10 @@ function drawGraph(container, data, labels) {
       "marker-end": "url(#arrow)" });
     path.append(svg("title", {}, `${e.output} (${e.type}) → input ${e.input}`));
     root.append(path);
-    root.append(svg("text", { class: "edge-label", x: x1 + 8, y: y1 - 6 }, `${e.output} · ${e.type}`));
+    const label = svg("text", { class: "edge-label", x: mid, y: (y1 + y2) / 2 - 14, "text-anchor": "middle" });
+    label.append(svg("tspan", { x: mid, "font-weight": 600 }, e.output));
+    label.append(svg("tspan", { x: mid, dy: 12 }, e.type));
+    root.append(label);
   }
   for (const n of nodes) {
     const p = positions.get(n.id);
@@ -75,7 +78,7 @@ function drawGraph(container, data, labels) {
       "data-run": n.name, "data-state": n.state, tabindex: 0 });
     group.append(svg("rect", { class: "box", width: NODE_W, height: NODE_H, rx: 8, stroke: colour }));
     group.append(svg("rect", { class: "band", width: 6, height: NODE_H - 4, x: 2, y: 2, rx: 3, fill: colour }));
-    group.append(svg("text", { class: "title", x: 16, y: 20 }, truncate(labels[n.protocol] || n.protocol, 26)));
+    group.append(svg("text", { class: "title", x: 16, y: 20 }, truncate(labels[n.protocol] || n.protocol, 25)));
     group.append(svg("text", { class: "sub", x: 16, y: 37 }, truncate(`#${n.id} ${n.name}`, 30)));
     const counts = Object.values(n.outputs).map((o) => o.count).reduce((a, b) => a + b, 0);
     const failed = n.items_failed ? ` · ${n.items_failed} failed` : "";
@@ -91,18 +94,27 @@ function drawGraph(container, data, labels) {
   container.replaceChildren(root);
 }
 
+function shortWhen(seconds) {
+  if (!seconds) return "–";
+  const date = new Date(seconds * 1000);
+  const today = new Date().toDateString() === date.toDateString();
+  return today ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+    : date.toLocaleDateString([], { month: "short", day: "numeric" });
+}
+
 function runTable(nodes) {
   const body = el("tbody");
   for (const n of [...nodes].reverse()) {
     const row = el("tr", { class: "clickable", "data-run": n.name, onclick: () => { location.hash = `#/run/${n.id}`; } },
-      el("td", { class: "num" }, n.id), el("td", {}, el("b", {}, n.name), el("div", { class: "muted" }, n.protocol)),
+      el("td", { class: "num" }, n.id),
+      el("td", {}, el("b", {}, n.name), n.name.startsWith(n.protocol) ? "" : el("div", { class: "muted" }, n.protocol)),
       el("td", {}, stateBadge(n.state)),
       el("td", { class: "num" }, `${n.items_done}`, n.items_failed ? el("span", { class: "error-text" }, ` / ${n.items_failed}✗`) : ""),
-      el("td", { class: "muted" }, when(n.finished || n.started || n.created)));
+      el("td", { class: "muted", title: when(n.finished || n.started || n.created) }, shortWhen(n.finished || n.started || n.created)));
     body.append(row);
   }
   return el("table", { class: "data" }, el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "run"),
-    el("th", {}, "state"), el("th", {}, "items"), el("th", {}, "last change"))), body);
+    el("th", {}, "state"), el("th", {}, "items"), el("th", {}, "changed"))), body);
 }
 
 export async function showGraph(view) {
@@ -118,7 +130,7 @@ export async function showGraph(view) {
         el("p", {}, "Each box is a run; arrows carry its outputs to the runs that read them. Click a box for its parameters, log and results.")),
       legend),
     el("div", { class: "columns" },
-      el("div", { class: "panel" }, graphBox),
+      graphBox,
       el("div", { class: "panel" }, el("h2", {}, "Runs"), tableBox)));
   let pending = false;
   const refresh = async () => {

@@ -2,12 +2,7 @@
 // per-item status with errors, the live log tail, and provenance.
 import { api, el, fieldLabel, fmt, onProjectEvent, setCleanup, stateBadge, when } from "./app.js";
 
-const VIEWERS = {
-  Tomogram: [["tomogram", "slices"]],
-  Volume: [["tomogram", "slices"]],
-  TiltSeries: [["tiltseries", "tilts"], ["ctf", "CTF"]],
-  Average: [["average", "map & FSC"]],
-};
+const VIEWER_LABELS = { tomogram: "slices", tiltseries: "tilts", ctf: "CTF assistant", average: "map & FSC" };
 
 function paramTable(run) {
   const props = (run.protocol_info && run.protocol_info.params.properties) || {};
@@ -18,7 +13,7 @@ function paramTable(run) {
       unit ? el("span", { class: "muted" }, ` (${unit})`) : ""),
     el("td", { class: "mono" }, typeof value === "object" && value !== null ? JSON.stringify(value) : fmt(value, 4)));
   });
-  return rows.length ? el("table", { class: "data" }, el("tbody", {}, rows)) : el("p", { class: "muted" }, "No parameters.");
+  return rows.length ? el("table", { class: "data params" }, el("tbody", {}, rows)) : el("p", { class: "muted" }, "No parameters.");
 }
 
 function inputsBlock(run) {
@@ -35,13 +30,12 @@ function outputsBlock(run) {
   const entries = Object.entries(run.outputs);
   if (!entries.length) return el("p", { class: "muted" }, "No outputs.");
   return el("div", {}, entries.map(([name, output]) => {
-    const viewers = VIEWERS[output.type] || [];
     const items = (output.items || []).slice(0, 200);
     return el("div", { style: "margin-bottom:10px" },
       el("b", {}, name), " ", el("span", { class: "muted" }, `${output.count} ${output.type} · ${output.state === "open" ? "still growing" : "complete"}`),
-      el("div", { class: "item-list" }, items.map((key) => viewers.length
-        ? viewers.map(([kind, label]) => el("a", { href: `#/${kind}/${run.id}/${encodeURIComponent(name)}/${encodeURIComponent(key)}`,
-          "data-viewer": kind, title: `open the ${label} viewer` }, `${key} · ${label}`))
+      el("div", { class: "item-list" }, items.map(({ key, viewers }) => viewers.length
+        ? viewers.map((kind) => el("a", { href: `#/${kind}/${run.id}/${encodeURIComponent(name)}/${encodeURIComponent(key)}`,
+          "data-viewer": kind, title: `open the ${VIEWER_LABELS[kind]} viewer` }, `${key} · ${VIEWER_LABELS[kind]}`))
         : el("span", { class: "muted mono" }, key))),
       output.items && output.items.length > items.length ? el("div", { class: "muted" }, `… and ${output.count - items.length} more`) : "");
   }));

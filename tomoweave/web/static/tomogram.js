@@ -39,6 +39,8 @@ export async function showTomogram(view, runId, output, key) {
   const contrastValue = el("span", { class: "value" });
   const windowInput = el("input", { type: "range", min: 0, max: 40, step: 1, value: st.window, id: "depth-window" });
   const windowValue = el("span", { class: "value" });
+  const markerInput = el("input", { type: "number", id: "marker-radius", min: 1, step: 10, value: Math.round(st.markerA), style: "width:90px" });
+  markerInput.addEventListener("change", () => { st.markerA = Math.max(1, Number(markerInput.value) || st.markerA); draw(); });
   const setList = el("div", { id: "particle-sets" });
   const pickStatus = el("div", { class: "status-line", id: "pick-status" });
   const pickToggle = el("button", { type: "button", class: "secondary", id: "pick-toggle" }, "Start picking");
@@ -147,7 +149,7 @@ export async function showTomogram(view, runId, output, key) {
         draw();
       } });
       return el("label", { class: "set-row", title: `${set.protocol} · ${set.state}` }, box,
-        el("span", { class: "swatch", style: `background:${SET_COLOURS[index % SET_COLOURS.length]}` }),
+        el("span", { class: "swatch", style: "margin-right:4px;" +  `background:${SET_COLOURS[index % SET_COLOURS.length]}` }),
         el("a", { href: `#/run/${set.run_id}` }, set.run), el("span", { class: "muted" }, ` ${set.particles.length} particles`));
     }) : [el("p", { class: "muted" }, "No particles of this tomogram yet.")]));
     const editable = st.sets.filter((s) => s.editable);
@@ -269,11 +271,13 @@ export async function showTomogram(view, runId, output, key) {
         el("label", {}, "Plane"), planeButtons,
         el("label", { for: "slice-slider", title: "mouse wheel or arrow keys step one slice" }, "Slice ", sliceValue), slider,
         el("label", { for: "binning-select", title: "auto keeps the slice within 1024 pixels" }, "Binning ", el("span", { class: "unit" }, "(voxels per pixel)")), binning,
-        el("label", { title: "grey range, in standard deviations around the volume mean" }, "Contrast ", contrastValue), low, high,
+        el("label", { title: "grey range, in standard deviations around the volume mean: black at the first, white at the second" }, "Contrast ", contrastValue),
+        el("div", { class: "hint" }, "black point"), low, el("div", { class: "hint" }, "white point"), high,
         isTomogram ? [
           el("h2", { style: "margin-top:16px" }, "Particles"),
           el("label", { for: "depth-window", title: "particles this close to the slice plane are drawn (fainter when farther)" }, "Show within ", windowValue), windowInput,
-          setList,
+          el("label", { for: "marker-radius", title: "radius of the circle drawn around each particle" }, "Marker radius ", el("span", { class: "unit" }, "(Å)")), markerInput,
+          el("div", { style: "margin-top:8px" }, setList),
           el("h2", { style: "margin-top:16px" }, "Manual picking"),
           el("p", { class: "hint" }, "Picks are saved through a pick.manual run, so they keep their provenance."),
           el("label", { for: "pick-target" }, "Save picks in"), targetSelect,
