@@ -19,10 +19,13 @@ class MrcError(ValueError):
 
 
 def read_mrc(path: str | Path) -> tuple[np.ndarray, float]:
-    """Read an MRC file fully: (float32 array, pixel size in Å; 0.0 when the header has none)."""
+    """Read an MRC file fully: (float32 array, pixel size in Å; 0.0 when the header has none).
+
+    The pixel size comes from the header's voxel size, else from an FEI/EPU extended header.
+    """
     with _open(path, mmap=False) as mrc:
         data = np.asarray(mrc.data, dtype=np.float32)
-        return data, float(mrc.voxel_size.x)
+        return data, _pixel_size_a(mrc)
 
 
 def mmap_mrc(path: str | Path):
@@ -35,9 +38,52 @@ def mrc_header_info(path: str | Path) -> dict:
     with _open(path, mmap=True) as mrc:
         return {
             "shape": tuple(int(s) for s in mrc.data.shape),
-            "pixel_size_a": float(mrc.voxel_size.x),
+            "pixel_size_a": _pixel_size_a(mrc),
             "mode": int(mrc.header.mode),
         }
+
+
+def mrc_extended_header(path: str | Path) -> list[dict]:
+    """Per-section values of an FEI1/FEI2 extended header (Thermo Fisher EPU/Tomo), in our units.
+
+    Each dict has ``tilt_deg`` (alpha tilt), ``tilt_axis_deg``, ``pixel_size_a``, ``defocus_a``
+    (positive = underfocus; FEI stores metres, negative under focus), ``voltage_kv``,
+    ``dose_e_a2`` (FEI stores electrons per m²) and ``timestamp`` (days since 1899-12-30, as FEI
+    writes it). Empty when the file has no FEI extended header.
+    """
+    with _open(path, mmap=True) as mrc:
+        if bytes(mrc.header.exttyp) not in (b"FEI1", b"FEI2") or mrc.extended_header is None:
+            return []
+        records = mrc.indexed_extended_header
+        if records is None or len(records) == 0:
+            return []
+        return [_fei_record(record) for record in records]
+
+
+def _fei_record(record) -> dict:
+    return {
+        "tilt_deg": float(record["Alpha tilt"]),
+        "tilt_axis_deg": float(record["Tilt axis angle"]),
+        "pixel_size_a": float(record["Pixel size X"]) * 1e10,
+        "defocus_a": -float(record["Defocus"]) * 1e10,
+        "voltage_kv": float(record["HT"]) / 1000.0,
+        "dose_e_a2": float(record["Dose"]) * 1e-20,
+        "timestamp": float(record["Timestamp"]),
+    }
+
+
+def _pixel_size_a(mrc) -> float:
+    """Header voxel size in Å, else the first FEI extended-header pixel size, else 0."""
+    size = float(mrc.voxel_size.x)
+    if size > 0 or bytes(mrc.header.exttyp) not in (b"FEI1", b"FEI2"):
+        return size
+    try:
+        records = mrc.indexed_extended_header
+    except Exception:  # a malformed extended header must not hide the image data
+        return size
+    if records is None or len(records) == 0:
+        return size
+    return float(records[0]["Pixel size X"]) * 1e10
 
 
 def write_mrc(path: str | Path, data: np.ndarray, pixel_size_a: float, stack: bool = False) -> Path:
