@@ -1,6 +1,7 @@
-"""End to end in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright): the graph,
-a generated form with a field error, a launched run turning finished without a reload, the
-tomogram viewer with particles drawn, and a particle picked by clicking found in the project."""
+"""End to end in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright) on a
+project made by the simulator: the graph, a generated form with a field error, a launched run
+turning finished without a reload, the tomogram viewer with the simulator's particles drawn, and
+a particle picked by clicking found in the project (`tomoweave show`)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,46 @@ import pytest
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
-from tests.test_web_api import (
-    PICKS_A,
-    PIXEL_SIZE_A,
-    TOMOGRAM_SIZE_XYZ,
-    make_web_project,
-)
+from tomoweave.api import Project
+from tomoweave.engine import Input, Output, ProcessContext, Protocol
+from tomoweave.engine.registry import register_protocol
+from tomoweave.model import TiltSeries, Tomogram
+from tomoweave.sim import load_truth
 from tomoweave.web import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+class TrueTomogram(Protocol):
+    """Test fixture: the simulator's noise-free volume of a series, as a Tomogram item (a real
+    reconstruction would take longer than this whole test may)."""
+
+    name = "webtest.true_tomogram"
+    label = "Simulated true volume (test)"
+    inputs = {"tilt_series": Input(TiltSeries)}
+    outputs = {"tomograms": Output(Tomogram)}
+
+    def process(self, item: TiltSeries, params, context: ProcessContext) -> dict:
+        outputs_dir = context.resolve(item.mdoc_path).parent
+        truth = load_truth(outputs_dir / "truth" / f"{item.name}.json")
+        return {"tomograms": Tomogram(
+            name=item.name, path=context.relative(outputs_dir / truth.volume_file),
+            pixel_size_a=truth.pixel_size_a, size_xyz=truth.tomogram_size_xyz,
+            tilt_series=item.name, method="simulated truth")}
+
+
+def make_simulated_project(root):
+    register_protocol(TrueTomogram)
+    project = Project.init(root)
+    simulated = project.run("simulate", params={"preset": "tiny"}, executor="inline")
+    tomograms = project.run(TrueTomogram.name, inputs={"tilt_series": f"{simulated.name}"
+                                                      ".tilt_series"}, executor="inline")
+    assert simulated.state == tomograms.state == "finished"
+    return {"project": project, "simulated": simulated, "tomograms": tomograms,
+            "particles": project.items(simulated, "true_particles"),
+            "tomogram": project.items(tomograms)[0]}
 
 
 def _free_port() -> int:
@@ -38,7 +68,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The web app of a fresh project, served by uvicorn in a thread on a free loopback port."""
-    made = make_web_project(tmp_path_factory.mktemp("browser") / "proj")
+    made = make_simulated_project(tmp_path_factory.mktemp("browser") / "proj")
     port = _free_port()
     config = uvicorn.Config(create_app(made["project"].root), host="127.0.0.1", port=port,
                             log_level="warning", timeout_graceful_shutdown=1)
@@ -75,11 +105,11 @@ def page(served):
 def test_graph_form_launch_and_live_state(served, page, test_output_dir):
     page.goto(served["url"])
     nodes = page.locator("svg.graph g.node")
-    expect(nodes).to_have_count(3)
-    for key in ("imported", "tomograms", "picks"):
+    expect(nodes).to_have_count(2)
+    for key in ("simulated", "tomograms"):
         node = page.locator(f'svg.graph g.node[data-run="{served[key].name}"]')
         expect(node).to_have_attribute("data-state", "finished")
-    assert page.locator("svg.graph path.edge").count() == 2
+    assert page.locator("svg.graph path.edge").count() == 1
     page.screenshot(path=test_output_dir / "1_graph.png", full_page=True)
 
     page.click("#new-run-button")
@@ -87,7 +117,7 @@ def test_graph_form_launch_and_live_state(served, page, test_output_dir):
     binning = page.locator("#param-binning")
     expect(binning).to_have_value("2")
     expect(page.locator('[data-field="inputs.tilt_series"] select')).to_have_value(
-        f"{served['imported'].name}.tilt_series")
+        f"{served['simulated'].name}.tilt_series")
     binning.fill("64")  # above the declared bound: the server answers 422 naming the field
     page.click("#launch-button")
     error = page.locator('[data-error-for="params.binning"]')
@@ -95,65 +125,86 @@ def test_graph_form_launch_and_live_state(served, page, test_output_dir):
     expect(page.locator('[data-field="params.binning"]')).to_have_class("form-row invalid")
     page.screenshot(path=test_output_dir / "2_form_error.png", full_page=True)
 
-    binning.fill("4")
+    binning.fill("2")
     page.select_option("#run-executor", "inline")
     page.click("#launch-button")
     page.wait_for_url("**/#/run/*")
     badge = page.locator(".page-head .badge")
     expect(badge).to_have_attribute("data-state", "finished", timeout=45_000)
     expect(page.locator("#journal")).to_contain_text("TS_01")
-    expect(page.locator("#run-log")).to_contain_text("binned 11 tilts by 4")
+    n_tilts = len(served["project"].items(served["simulated"], "tilt_series")[0].tilts)
+    expect(page.locator("#run-log")).to_contain_text(f"binned {n_tilts} tilts by 2")
     page.screenshot(path=test_output_dir / "3_run_finished.png", full_page=True)
 
     page.click('a[data-nav="graph"]')
-    expect(nodes).to_have_count(4)
+    expect(nodes).to_have_count(3)
     expect(page.locator('svg.graph g.node[data-run="tiltseries.bin"]')).to_have_attribute(
         "data-state", "finished")
     project = served["project"]
     binned = project.items("tiltseries.bin")[0]
-    assert binned.pixel_size_a == pytest.approx(4 * PIXEL_SIZE_A)
+    simulated = project.items(served["simulated"], "tilt_series")[0]
+    assert binned.pixel_size_a == pytest.approx(2 * simulated.pixel_size_a)
+    page.screenshot(path=test_output_dir / "4_graph_after_launch.png", full_page=True)
 
-    page.goto(served["url"] + f"#/tiltseries/{project.get_run('tiltseries.bin').id}"
-              f"/tilt_series/TS_01")
+    page.goto(served["url"] + f"#/tiltseries/{served['simulated'].id}/tilt_series/TS_01")
     expect(page.locator("#tilt-canvas")).to_have_attribute("data-tilt", "0")
-    page.locator("#tilt-slider").fill("2")
-    expect(page.locator("#tilt-value")).to_contain_text("-36.0°")
-    page.screenshot(path=test_output_dir / "4_tilt_series.png", full_page=True)
+    page.locator("#tilt-slider").fill("0")
+    lowest = min(t.tilt_deg for t in simulated.tilts)
+    expect(page.locator("#tilt-value")).to_contain_text(f"{lowest:.1f}°")
+    page.screenshot(path=test_output_dir / "5_tilt_series.png", full_page=True)
+
+
+def _voxel(position_a, size, pixel_size_a):
+    return [round(a / pixel_size_a + n // 2) for a, n in zip(position_a, size, strict=True)]
 
 
 def test_tomogram_viewer_draws_and_picks_particles(served, page, test_output_dir):
-    tomograms, picks = served["tomograms"], served["picks"]
+    tomograms, tomogram = served["tomograms"], served["tomogram"]
+    size, pixel_size_a = tomogram.size_xyz, tomogram.pixel_size_a
     page.goto(served["url"] + f"#/tomogram/{tomograms.id}/tomograms/TS_01")
     canvas = page.locator("#slice-canvas")
-    # both picks lie in the central XY slice (z = 16 of 32)
-    expect(canvas).to_have_attribute("data-drawn", str(len(PICKS_A)))
-    page.screenshot(path=test_output_dir / "5_tomogram_particles.png", full_page=True)
+    expect(page.locator("#particle-sets")).to_contain_text(
+        f"{len(served['particles'])} particles")
+    # go to the slice of the first simulated particle: it (at least) is drawn there
+    z = _voxel(served["particles"][0].position_a, size, pixel_size_a)[2]
+    page.locator("#slice-slider").fill(str(z))
+    expect(page.locator("#slice-value")).to_contain_text(f"z = {z} / {size[2]}")
+    window_px = 4
+    expected = sum(1 for p in served["particles"]
+                   if abs(p.position_a[2] / pixel_size_a + size[2] // 2 - z) <= window_px + 0.5)
+    expect(canvas).to_have_attribute("data-drawn", str(expected))
+    assert expected >= 1
+    page.screenshot(path=test_output_dir / "6_tomogram_particles.png", full_page=True)
     page.click('.seg button[data-axis="y"]')
-    expect(page.locator("#slice-value")).to_contain_text("y = 24 / 48")
+    expect(page.locator("#slice-value")).to_contain_text(f"y = {size[1] // 2} / {size[1]}")
+    page.screenshot(path=test_output_dir / "7_tomogram_xz.png", full_page=True)
     page.click('.seg button[data-axis="z"]')
-    expect(canvas).to_have_attribute("data-drawn", str(len(PICKS_A)))
 
-    expect(page.locator("#pick-target")).to_have_value(f"{picks.name}.particles")
+    expect(page.locator("#pick-target")).to_have_value("")  # no pick run yet: a new one
     page.click("#pick-toggle")
     box = canvas.bounding_box()
     page.mouse.click(box["x"] + 0.75 * box["width"], box["y"] + 0.25 * box["height"])
-    expect(page.locator("#pick-status")).to_have_class("status-line saved", timeout=20_000)
-    expect(canvas).to_have_attribute("data-drawn", str(len(PICKS_A) + 1))
-    page.screenshot(path=test_output_dir / "6_tomogram_picked.png", full_page=True)
+    status = page.locator("#pick-status")
+    expect(status).to_have_class("status-line saved", timeout=20_000)
+    expect(canvas).to_have_attribute("data-drawn", str(expected + 1))
+    page.screenshot(path=test_output_dir / "8_tomogram_picked.png", full_page=True)
 
-    shown = subprocess.run([sys.executable, "-m", "tomoweave.cli", "show", picks.name, "--json",
+    run_name = status.get_attribute("data-run")
+    shown = subprocess.run([sys.executable, "-m", "tomoweave.cli", "show", run_name, "--json",
                             "-p", str(served["project"].root)],
                            capture_output=True, text=True, check=True)
     details = json.loads(shown.stdout)
+    assert details["run"]["protocol"] == "pick.manual" and details["run"]["state"] == "finished"
+    assert details["run"]["inputs"] == {"tomograms": f"{tomograms.name}.tomograms"}
     positions = [p["position_a"] for p in details["outputs"]["particles"]["items"]]
-    assert len(positions) == len(PICKS_A) + 1 and details["run"]["state"] == "finished"
-    nx, ny, nz = TOMOGRAM_SIZE_XYZ
-    expected_a = (0.25 * nx * PIXEL_SIZE_A, -0.25 * ny * PIXEL_SIZE_A, 0.0)
-    new = positions[-1]
-    assert all(abs(a - e) <= 1.5 * PIXEL_SIZE_A for a, e in zip(new, expected_a, strict=True)), new
-    assert details["run"]["params"]["picks"]["TS_01"][-1] == new
+    assert len(positions) == 1
+    expected_a = (0.25 * size[0] * pixel_size_a, -0.25 * size[1] * pixel_size_a,
+                  (z - size[2] // 2) * pixel_size_a)
+    assert all(abs(a - e) <= 1.5 * pixel_size_a
+               for a, e in zip(positions[0], expected_a, strict=True)), positions
+    assert details["outputs"]["particles"]["items"][0]["tomogram"] == "TS_01"
 
-    # a click on the new particle removes it again
+    # a second click on the new particle removes it again, through the same run
     page.mouse.click(box["x"] + 0.75 * box["width"], box["y"] + 0.25 * box["height"])
-    expect(page.locator("#pick-status")).to_contain_text(f"{len(PICKS_A)} picks saved")
-    assert len(served["project"].items(picks.name)) == len(PICKS_A)
+    expect(status).to_contain_text(f"0 picks saved in run {run_name}")
+    assert served["project"].items(run_name) == []
