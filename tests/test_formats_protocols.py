@@ -86,3 +86,25 @@ def test_import_bad_file_leaves_project_untouched(project, tmp_path):
 def test_export_without_inputs_is_refused(project, tmp_path):
     with pytest.raises(InputError, match="give at least one input"):
         project.run("export.warp", params={"out_dir": str(tmp_path / "w")}, executor="inline")
+
+
+def test_import_tomogram_and_volume_files(project, tmp_path):
+    from tomoweave.formats.copick import write_ome_zarr
+    from tomoweave.formats.dynamo import read_em, write_em
+    from tomoweave.formats.mrc import read_mrc
+
+    volume = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    store = tmp_path / "ExperimentRuns" / "TS_07" / "VoxelSpacing10.000" / "wbp.zarr"
+    write_ome_zarr(store, volume, 10.0)
+    run = project.run("import.copick", params={"files": [str(store)]}, executor="inline")
+    (tomogram,) = project.items(run, "tomograms")
+    assert tomogram.name == "TS_07" and tomogram.size_xyz == (6, 5, 4)
+    data, pixel = read_mrc(project.path(tomogram.path))
+    assert np.array_equal(data, volume) and pixel == pytest.approx(10.0)
+    write_em(tmp_path / "ref.em", volume)
+    assert np.array_equal(read_em(tmp_path / "ref.em"), volume)
+    run = project.run("import.dynamo", params={"files": [str(tmp_path / "ref.em")],
+                                               "pixel_size_a": 8.0}, executor="inline")
+    (template,) = project.items(run, "volumes")
+    data, pixel = read_mrc(project.path(template.path))
+    assert np.array_equal(data, volume) and pixel == pytest.approx(8.0)

@@ -19,7 +19,7 @@ from tomoweave.formats.imod_extra import read_imod_particles, write_imod_particl
 from tomoweave.formats.mdoc import read_mdoc
 from tomoweave.formats.star_io import read_star_blocks
 from tomoweave.geometry.projection import tilt_axis_to_z_rot_deg
-from tomoweave.model import Acquisition, Particle, TiltImage, TiltSeries
+from tomoweave.model import Acquisition, Particle, TiltImage, TiltSeries, Tomogram, Volume
 
 TARGETS = ("relion5", "relion4", "imod", "aretomo", "warp", "dynamo", "eman", "copick", "ctffind")
 
@@ -43,6 +43,8 @@ class Loaded:
 
     series: list[TiltSeries] = field(default_factory=list)
     particles: list[Particle] = field(default_factory=list)
+    tomograms: list[Tomogram] = field(default_factory=list)  # paths: absolute, MRC or OME-Zarr
+    volumes: list[Volume] = field(default_factory=list)  # paths: absolute, MRC or .em
     source_format: str = ""
 
 
@@ -50,7 +52,9 @@ def detect_format(path: str | Path) -> str:
     """The source format of a file from its name and, for STAR/json, its content."""
     path = Path(path)
     suffix = path.suffix.lower()
-    simple = {".aln": "aretomo", ".xf": "imod", ".tlt": "imod", ".rawtlt": "imod",
+    if suffix == ".zarr" and path.is_dir():
+        return "ome-zarr"
+    simple = {".em": "em-volume", ".aln": "aretomo", ".xf": "imod", ".tlt": "imod", ".rawtlt": "imod",
               ".xml": "warp", ".tomostar": "warp-tomostar", ".tbl": "dynamo", ".mdoc": "mdoc",
               ".defocus": "imod-defocus", ".mod": "imod-model", ".txt": "ctffind"}
     if suffix in simple:
@@ -102,6 +106,7 @@ def load(path: str | Path, options: ConvertOptions | None = None) -> Loaded:
         "relion5-tilt-series": _load_relion5_tilt_series,
         "relion5-optimisation-set": _load_optimisation_set, "mdoc": _load_mdoc,
         "ctffind": _load_ctffind, "imod-defocus": _load_defocus,
+        "ome-zarr": _load_ome_zarr, "em-volume": _load_em,
         "relion5-particles": lambda p, o: Loaded(particles=rp.read_relion5_particles(p)),
         "relion4-particles": lambda p, o: Loaded(particles=rp.read_relion4_particles(
             p, o.pixel_size_a, _need(o.tomo_size_xyz, "--tomo-size X Y Z", p))),
@@ -210,9 +215,32 @@ def _load_tomostar(path: Path, options: ConvertOptions) -> Loaded:
 
 def _load_relion5(path: Path, options: ConvertOptions) -> Loaded:
     series = relion5.read_relion5(path, options.image_size_xy)
-    if not series:
-        raise ConversionError(f"{path.name}: none of its tilt-series STAR files was found")
-    return Loaded(series=series)
+    tomograms = []
+    for entry in relion5.read_tomograms_star(path):
+        tomogram = entry.tomogram()
+        found = relion5.locate_file(path, tomogram.path) if tomogram else None
+        if found is not None:
+            tomograms.append(tomogram.model_copy(update={"path": str(found)}))
+    if not series and not tomograms:
+        raise ConversionError(f"{path.name}: none of its tilt-series STAR files or tomograms "
+                              f"was found")
+    return Loaded(series=series, tomograms=tomograms)
+
+
+def _load_ome_zarr(path: Path, options: ConvertOptions) -> Loaded:
+    volume, spacing = copick.read_ome_zarr(path)
+    run = path.parent.parent.name if path.parent.name.startswith("VoxelSpacing") else path.stem
+    size = (volume.shape[2], volume.shape[1], volume.shape[0])
+    return Loaded(tomograms=[Tomogram(name=options.name or run, path=str(path),
+                                      pixel_size_a=options.pixel_size_a or spacing,
+                                      size_xyz=size, tilt_series=run, method=path.stem)])
+
+
+def _load_em(path: Path, options: ConvertOptions) -> Loaded:
+    volume = dynamo.read_em(path)
+    size = (volume.shape[2], volume.shape[1], volume.shape[0])
+    return Loaded(volumes=[Volume(name=options.name or path.stem, path=str(path),
+                                  pixel_size_a=_pixel(options, path), size_xyz=size)])
 
 
 def _load_relion5_tilt_series(path: Path, options: ConvertOptions) -> Loaded:
@@ -282,7 +310,8 @@ def save(loaded: Loaded, target: str, out: str | Path,
         raise ConversionError(f"unknown target format {target!r}; choose one of "
                               f"{', '.join(TARGETS)}")
     if not loaded.series and not loaded.particles:
-        raise ConversionError("nothing to write: the source held no tilt series or particles")
+        raise ConversionError("nothing to write: the source held no tilt series or particles "
+                              "(volumes are imported into a project, not converted)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return WRITERS[target](loaded, out, options)

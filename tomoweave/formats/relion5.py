@@ -88,13 +88,18 @@ def read_tomograms_star(path: str | Path) -> list[Relion5Tomogram]:
 
 
 def locate_tilt_series_star(tomograms_star: str | Path, entry: Relion5Tomogram) -> Path | None:
-    """The tilt-series STAR of ``entry``: as written relative to the RELION project (the folder
-    above ``Tomograms/``...), else relative to tomograms.star, else beside it by name."""
+    """The tilt-series STAR of ``entry`` (see ``locate_file``)."""
+    return locate_file(tomograms_star, entry.tilt_series_star)
+
+
+def locate_file(tomograms_star: str | Path, written: str) -> Path | None:
+    """A file named in tomograms.star: as written relative to the RELION project (a folder above
+    tomograms.star), else relative to tomograms.star, else beside it by name."""
     base = Path(tomograms_star).resolve().parent
-    written = Path(entry.tilt_series_star)
-    candidates = [written] if written.is_absolute() else [
-        *(parent / written for parent in [base, *base.parents][:5]), base / written.name]
-    return next((c for c in candidates if c.is_file()), None)
+    path = Path(written)
+    candidates = [path] if path.is_absolute() else [
+        *(parent / path for parent in [base, *base.parents][:5]), base / path.name]
+    return next((c for c in candidates if c.exists()), None)
 
 
 def read_relion5(

@@ -24,8 +24,11 @@ from tomoweave.engine import (
     Task,
     param,
 )
-from tomoweave.model import Particle, TiltSeries
-from tomoweave.protocols.imports import expand_files, series_name
+from tomoweave.formats.copick import read_ome_zarr
+from tomoweave.formats.dynamo import read_em
+from tomoweave.formats.mrc import write_mrc
+from tomoweave.model import Particle, TiltSeries, Tomogram, Volume
+from tomoweave.protocols.imports import _link, expand_files, series_name
 
 MATCH_TOLERANCE_DEG = 1.0
 
@@ -57,7 +60,8 @@ class InteropImport(Protocol):
     Params = InteropImportParams
     inputs = {"tilt_series": Input(TiltSeries, mapped=False, optional=True,
                                    help="tilt series to put the imported alignment/CTF on")}
-    outputs = {"tilt_series": Output(TiltSeries), "particles": Output(Particle)}
+    outputs = {"tilt_series": Output(TiltSeries), "particles": Output(Particle),
+               "tomograms": Output(Tomogram), "volumes": Output(Volume)}
 
     def plan(self, params: InteropImportParams, inputs: dict[str, Any]) -> list[Task]:
         targets = {s.name: s for s in inputs.get("tilt_series", []) or []}
@@ -69,6 +73,8 @@ class InteropImport(Protocol):
             target = next((targets[n] for n in names if n in targets), None)
             loaded = self._load(path, params, target.pixel_size_a if target else None)
             tasks += [Task(key=s.name, payload=s) for s in loaded.series]
+            tasks += [Task(key=f"tomogram:{t.name}", payload=t) for t in loaded.tomograms]
+            tasks += [Task(key=f"volume:{v.name}", payload=v) for v in loaded.volumes]
             for tomogram, group in _by_tomogram(loaded.particles).items():
                 tasks.append(Task(key=f"particles:{tomogram}", payload={
                     "particles": [p.model_dump(mode="json") for p in group]}))
@@ -84,16 +90,34 @@ class InteropImport(Protocol):
 
     def process(self, payload: Any, params: InteropImportParams,
                 context: ProcessContext) -> dict[str, Any]:
+        empty = {name: [] for name in self.outputs}
         if isinstance(payload, dict) and "particles" in payload:
             particles = [Particle.model_validate(p) for p in payload["particles"]]
             context.log(f"{len(particles)} particles of {particles[0].tomogram}")
-            return {"particles": particles, "tilt_series": []}
+            return {**empty, "particles": particles}
+        if isinstance(payload, Tomogram | Volume):
+            output = "tomograms" if isinstance(payload, Tomogram) else "volumes"
+            return {**empty, output: payload.model_copy(update={
+                "path": _as_project_mrc(payload.path, payload.name, payload.pixel_size_a,
+                                        context)})}
         series: TiltSeries = payload
         targets = {s.name: s for s in context.inputs.get("tilt_series", []) or []}
         if series.name in targets:
             series = merge_onto(targets[series.name], series)
             context.log(f"{series.name}: alignment/CTF put on the project's tilt series")
-        return {"tilt_series": series, "particles": []}
+        return {**empty, "tilt_series": series}
+
+
+def _as_project_mrc(source: str, name: str, pixel_size_a: float, context: ProcessContext) -> str:
+    """An MRC in the run's outputs: a link to an MRC source, a conversion of OME-Zarr or .em."""
+    path = Path(source)
+    if path.suffix.lower() in (".mrc", ".mrcs", ".rec", ".st", ".map"):
+        return _link(context, str(path), f"{name}{path.suffix}")
+    volume = read_ome_zarr(path)[0] if path.suffix.lower() == ".zarr" else read_em(path)
+    out = context.output_path(f"{name}.mrc")
+    write_mrc(out, volume, pixel_size_a)
+    context.log(f"{path.name} -> {out.name} ({volume.shape[::-1]} voxels, {pixel_size_a} Å)")
+    return context.relative(out)
 
 
 def merge_onto(target: TiltSeries, imported: TiltSeries) -> TiltSeries:
@@ -171,11 +195,11 @@ class ImportWarp(InteropImport):
 
 
 class ImportDynamo(InteropImport):
-    """Dynamo particle table (.tbl, with its .doc tomogram map beside it)."""
+    """Dynamo particle table (.tbl, with its .doc tomogram map beside it) or .em volumes."""
 
     name = "import.dynamo"
-    label = "Import Dynamo table"
-    suffixes = (".tbl",)
+    label = "Import Dynamo table or volume"
+    suffixes = (".tbl", ".em")
 
 
 class ImportCtffind(InteropImport):
@@ -195,8 +219,8 @@ class ImportEman(InteropImport):
 
 
 class ImportCopick(InteropImport):
-    """copick picks json (locations and 4×4 transforms)."""
+    """copick picks json (locations and 4×4 transforms) or OME-Zarr tomograms (.zarr)."""
 
     name = "import.copick"
-    label = "Import copick picks"
-    suffixes = (".json",)
+    label = "Import copick picks or tomograms"
+    suffixes = (".json", ".zarr")
