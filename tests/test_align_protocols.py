@@ -141,3 +141,13 @@ def test_too_few_tilts_is_a_clear_error(beads):
     assert run.state in ("failed", "finished with failures")
     error = next(iter(project.catalog.journal(run.id).values()))["error"]
     assert "2 included tilts" in error and "at least 3" in error
+def test_patch_alignment_on_a_bead_free_series(bead_free):
+    project, imported, truth = bead_free
+    run = project.run("align.patch", inputs={"tilt_series": imported.name}, executor="inline")
+    assert run.state == "finished"
+    series = project.items(run, "tilt_series")[0]
+    rms_px, axis_error_deg, _ = _errors_against_truth(series, truth)
+    assert rms_px < 1.0, f"patch shift RMS {rms_px:.3f} px"
+    assert axis_error_deg < 1.0
+
+

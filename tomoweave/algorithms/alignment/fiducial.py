@@ -73,7 +73,9 @@ def choose_tilt_offset(
     if method == "none":
         return solution
     nominal = solution.y_tilt_deg
-    offset, ratio, misfit = tilt_offset_from_intensity(mean_intensity, nominal)
+    offset, ratio, misfit = 0.0, 0.0, float("inf")
+    if len(nominal) >= 5:
+        offset, ratio, misfit = tilt_offset_from_intensity(mean_intensity, nominal)
     intensity_ok = ratio > 0.02 and misfit < 0.1 * ratio
     log.append(f"intensity fit: offset {offset:.3f}°, thickness/mean free path {ratio:.3f}, "
                f"misfit {misfit:.4f} ({'usable' if intensity_ok else 'not usable'})")

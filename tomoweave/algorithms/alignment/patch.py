@@ -10,6 +10,8 @@ and the same model solver turns them into the alignment.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import scipy.fft
 
@@ -20,6 +22,7 @@ from tomoweave.algorithms.alignment.fiducial import (
     coarse_shifts_full_px,
     solve_covered,
 )
+from tomoweave.algorithms.alignment.projmatch import refine_shifts
 from tomoweave.algorithms.alignment.solver import linear_points_and_shifts, nominal_matrices
 from tomoweave.algorithms.alignment.xcorr import (
     bandpass,
@@ -31,6 +34,7 @@ from tomoweave.algorithms.alignment.xcorr import (
     tilt_order,
     warp_centered,
 )
+from tomoweave.algorithms.binning import fourier_bin_image
 
 
 def _window(image: np.ndarray, centre_px: np.ndarray, size: int) -> np.ndarray | None:
@@ -207,12 +211,21 @@ def align_with_patches(
     min_strength: float = 4.0,
     min_track_fraction: float = 0.3,
     tilt_offset_method: str = "auto",
+    refine_thickness_px: float | None = None,
+    refine_rounds: int = 3,
+    refine_size_px: int = 128,
     **solver_options,
 ) -> TrackedSolution:
-    """Marker-free alignment: coarse xcorr, patch tracking on a binned copy, model solve.
+    """Marker-free alignment: coarse xcorr, patch tracking, model solve, projection matching.
 
     ``patch_size_px`` is in pixels of the binned copy (largest side ≤ ``max_size_px``); the
     result is in pixels of ``stack``. ``solver_options`` go to :func:`solve_alignment`.
+
+    The patch model gives the tilt axis and tilt angles; the shifts are then refined by
+    projection matching (:func:`projmatch.refine_shifts`) on a copy binned to at most
+    ``refine_size_px``, with slabs of 0.85× and then 1.15× ``refine_thickness_px`` (a slab
+    somewhat thinner than the specimen holds the smooth error modes of the shifts best),
+    ``refine_rounds`` rounds each. No refinement when ``refine_thickness_px`` is None.
     """
     tilts = np.asarray(tilts_deg, dtype=float)
     stack = np.asarray(stack, dtype=np.float32)
@@ -246,4 +259,21 @@ def align_with_patches(
     log.extend(solution.log)
     means = stack.mean(axis=(1, 2))[solved]
     solution = choose_tilt_offset(solution, means, tilt_offset_method, log)
+    if refine_thickness_px is not None and refine_rounds > 0:
+        solution = _refine(stack[solved], solution, refine_thickness_px, refine_rounds,
+                           refine_size_px, log)
     return TrackedSolution(solution, solved, full, coarse, log)
+
+
+def _refine(stack, solution, thickness_px, rounds, size_px, log):
+    """Projection-matching refinement of the shifts of a solved model (see align_with_patches)."""
+    factor = max(1, int(np.ceil(max(stack.shape[1:]) / size_px)))
+    binned = np.stack([fourier_bin_image(image, factor) for image in stack])
+    shifts = solution.shifts_px / factor
+    for scale in (0.85, 1.15):
+        shifts, updates = refine_shifts(
+            binned, solution.y_tilt_deg, solution.z_rot_deg, shifts,
+            scale * thickness_px / factor, rounds=rounds)
+        log.append(f"projection matching, slab {scale * thickness_px:.0f} px: RMS corrections "
+                   + ", ".join(f"{u * factor:.2f}" for u in updates) + " px")
+    return replace(solution, shifts_px=shifts * factor)

@@ -87,6 +87,7 @@ def refine_shifts(
     rounds: int = 3,
     lowpass: float = 0.35,
     max_step_px: float = 4.0,
+    exclude_within_deg: float = 0.0,
 ) -> tuple[np.ndarray, list[float]]:
     """Refine per-tilt shifts by projection matching (leave-one-out WBP re-projections).
 
@@ -106,6 +107,9 @@ def refine_shifts(
         Low-pass of the filter and the correlation, fraction of Nyquist.
     max_step_px : float
         Largest correction per round.
+    exclude_within_deg : float
+        The reference of tilt i leaves out every tilt within this angle of it (not only tilt i),
+        so that errors shared by neighbouring tilts cannot confirm themselves.
 
     Returns
     -------
@@ -133,7 +137,10 @@ def refine_shifts(
         volume = np.sum(contributions, axis=0)
         step = np.zeros_like(shifts)
         for i in range(len(tilts)):
-            reference = geometry.project(volume - contributions[i], tilts[i])
+            near = np.abs(tilts - tilts[i]) <= exclude_within_deg
+            near[i] = True
+            reduced = volume - np.sum([contributions[j] for j in np.nonzero(near)[0]], axis=0)
+            reference = geometry.project(reduced, tilts[i])
             displacement, _ = correlation_shift(
                 (reference - reference.mean()) * window, frames[i] * window, max_step_px, weights
             )
