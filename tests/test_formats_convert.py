@@ -105,3 +105,25 @@ def test_missing_options_are_named(tmp_path):
     relion_particles.write_relion5_particles(tmp_path / "p.star", _particles(3, 1), 5.0)
     with pytest.raises(ConversionError, match="--tomo-size"):
         convert(tmp_path / "p.star", "dynamo", tmp_path / "d", ConvertOptions(pixel_size_a=5.0))
+
+
+def test_relion5_subtomogram_frame_and_origin_follow_particle_set(tmp_path):
+    """RELION: pose = A_subtomogram @ A_angles, position = centred - A_subtomogram @ origin."""
+    import pandas as pd
+
+    from tomoweave.formats.star_io import write_star_blocks
+    from tomoweave.geometry import relion_zyz_to_matrix
+
+    table = pd.DataFrame({
+        "rlnTomoName": ["TS_01"], "rlnCenteredCoordinateXAngst": [100.0],
+        "rlnCenteredCoordinateYAngst": [-50.0], "rlnCenteredCoordinateZAngst": [20.0],
+        "rlnAngleRot": [10.0], "rlnAngleTilt": [80.0], "rlnAnglePsi": [-30.0],
+        "rlnTomoSubtomogramRot": [40.0], "rlnTomoSubtomogramTilt": [90.0],
+        "rlnTomoSubtomogramPsi": [5.0], "rlnOriginXAngst": [3.0], "rlnOriginYAngst": [-2.0],
+        "rlnOriginZAngst": [1.0], "rlnOpticsGroup": [1]})
+    write_star_blocks(tmp_path / "p.star", {"particles": table})
+    (particle,) = relion_particles.read_relion5_particles(tmp_path / "p.star")
+    frame = relion_zyz_to_matrix(40.0, 90.0, 5.0)
+    expected = frame @ relion_zyz_to_matrix(10.0, 80.0, -30.0)
+    assert rotation_angle_between_deg(particle.rotation_matrix, expected) < 1e-6
+    assert np.allclose(particle.position_a, np.array([100.0, -50.0, 20.0]) - frame @ [3, -2, 1])

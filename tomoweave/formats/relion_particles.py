@@ -5,12 +5,14 @@ same quantity as ``Particle.position_a``, so they are copied. RELION 3/4 write
 ``rlnCoordinateX/Y/Z`` in pixels from voxel 0 of the tomogram at a given pixel size; the centre is
 voxel ``N // 2`` (``geometry.pixels_to_centered_a``), so those need the tomogram size and pixel
 size. ``rlnOriginX/Y/ZAngst`` (RELION 3.1+) is the shift of the particle from the coordinate that
-refinement found: the particle is at ``coordinate − origin``, and we write origin 0.
+refinement found, in the subtomogram frame: the particle is at
+``coordinate − A_subtomogram @ origin`` (RELION's ParticleSet::getPosition); we write origin 0.
 
 Orientations. ``rlnAngleRot/Tilt/Psi`` go through ``geometry.relion_zyz_to_matrix``. RELION 5
 may also carry ``rlnTomoSubtomogramRot/Tilt/Psi`` (the frame the subtomogram was extracted in);
-the particle's pose is then ``A_subtomogram @ A_angles`` (RELION's ``ParticleSet`` composes the
-two matrices in that order), which we compose on reading and never write.
+the particle's pose is then ``A_subtomogram @ A_angles`` (RELION's ``ParticleSet::getMatrix3x3``;
+``getMatrix4x4`` maps the particle box into the tomogram with it, confirming that RELION's ``A``
+turns the reference into the particle), which we compose on reading and never write.
 """
 
 from __future__ import annotations
@@ -120,25 +122,32 @@ def _particles(path: Path, block: str, table: pd.DataFrame, positions: np.ndarra
 
 
 def _rotations(path: Path, block: str, table: pd.DataFrame) -> np.ndarray:
-    count = len(table)
-    rotations = np.repeat(np.eye(3)[None], count, axis=0)
+    """``A_subtomogram @ A_angles`` per particle (RELION's ParticleSet::getMatrix3x3)."""
+    rotations = np.repeat(np.eye(3)[None], len(table), axis=0)
     if any(c in table.columns for c in ANGLES):
         require_columns(table, ANGLES, path, block, "particle orientations")
         angles = np.stack([numeric_column(table, c, path, block) for c in ANGLES], axis=1)
         rotations = np.array([relion_zyz_to_matrix(*a) for a in angles])
+    return _subtomogram_frames(path, block, table) @ rotations
+
+
+def _subtomogram_frames(path: Path, block: str, table: pd.DataFrame) -> np.ndarray:
+    frames = np.repeat(np.eye(3)[None], len(table), axis=0)
     if any(c in table.columns for c in SUBTOMO_ANGLES):
         require_columns(table, SUBTOMO_ANGLES, path, block, "the subtomogram frame")
-        frames = np.stack([numeric_column(table, c, path, block) for c in SUBTOMO_ANGLES], axis=1)
-        rotations = np.array([relion_zyz_to_matrix(*f) @ r for f, r in zip(frames, rotations,
-                                                                            strict=True)])
-    return rotations
+        angles = np.stack([numeric_column(table, c, path, block) for c in SUBTOMO_ANGLES], axis=1)
+        frames = np.array([relion_zyz_to_matrix(*a) for a in angles])
+    return frames.reshape(-1, 3, 3)
 
 
 def _origins(path: Path, block: str, table: pd.DataFrame) -> np.ndarray:
+    """Refined shifts in the tomogram frame: RELION stores them in the subtomogram frame and
+    subtracts ``A_subtomogram @ origin`` (ParticleSet::getPosition)."""
     if not any(c in table.columns for c in ORIGIN):
         return np.zeros((len(table), 3))
     require_columns(table, ORIGIN, path, block, "the refined particle shifts")
-    return np.stack([numeric_column(table, c, path, block) for c in ORIGIN], axis=1)
+    origins = np.stack([numeric_column(table, c, path, block) for c in ORIGIN], axis=1)
+    return np.einsum("nij,nj->ni", _subtomogram_frames(path, block, table), origins)
 
 
 def _optics_pixel_size(blocks: dict) -> float | None:
