@@ -13,6 +13,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
@@ -47,14 +48,46 @@ class TrueTomogram(Protocol):
             tilt_series=item.name, method="simulated truth")}
 
 
+OFF_TILT_INDEX = 3  # this tilt's defocus is made 60 % too high: the assistant must flag it
+
+
+class TrueCtf(Protocol):
+    """Test fixture: the simulator's true CTF on every tilt, one tilt spoilt, with a diagnostic
+    picture for the spoilt tilt (what ctf.estimate would leave)."""
+
+    name = "webtest.true_ctf"
+    label = "Simulated true CTF (test)"
+    inputs = {"tilt_series": Input(TiltSeries)}
+    outputs = {"tilt_series": Output(TiltSeries)}
+
+    def process(self, item: TiltSeries, params, context: ProcessContext) -> dict:
+        from PIL import Image
+
+        truth = load_truth(context.resolve(item.mdoc_path).parent / "truth" / f"{item.name}.json")
+        result = item.model_copy(deep=True)
+        for index, (tilt, ctf) in enumerate(zip(result.tilts, truth.ctf_tilts(), strict=True)):
+            if index == OFF_TILT_INDEX:
+                diagnostic = context.output_path(f"{item.name}_{index:03d}_ctf.png")
+                Image.fromarray(np.full((40, 80), 200, np.uint8)).save(diagnostic)
+                ctf = ctf.model_copy(update={"defocus_u_a": ctf.defocus_u_a * 1.6,
+                                             "defocus_v_a": ctf.defocus_v_a * 1.6,
+                                             "diagnostic_path": context.relative(diagnostic)})
+            tilt.ctf = ctf
+        return {"tilt_series": result}
+
+
 def make_simulated_project(root):
     register_protocol(TrueTomogram)
+    register_protocol(TrueCtf)
     project = Project.init(root)
     simulated = project.run("simulate", params={"preset": "tiny"}, executor="inline")
     tomograms = project.run(TrueTomogram.name, inputs={"tilt_series": f"{simulated.name}"
                                                       ".tilt_series"}, executor="inline")
-    assert simulated.state == tomograms.state == "finished"
+    with_ctf = project.run(TrueCtf.name, inputs={"tilt_series": f"{simulated.name}"
+                                                 ".tilt_series"}, executor="inline")
+    assert simulated.state == tomograms.state == with_ctf.state == "finished"
     return {"project": project, "simulated": simulated, "tomograms": tomograms,
+            "with_ctf": with_ctf,
             "particles": project.items(simulated, "true_particles"),
             "tomogram": project.items(tomograms)[0]}
 
@@ -105,19 +138,20 @@ def page(served):
 def test_graph_form_launch_and_live_state(served, page, test_output_dir):
     page.goto(served["url"])
     nodes = page.locator("svg.graph g.node")
-    expect(nodes).to_have_count(2)
-    for key in ("simulated", "tomograms"):
+    expect(nodes).to_have_count(3)
+    for key in ("simulated", "tomograms", "with_ctf"):
         node = page.locator(f'svg.graph g.node[data-run="{served[key].name}"]')
         expect(node).to_have_attribute("data-state", "finished")
-    assert page.locator("svg.graph path.edge").count() == 1
+    assert page.locator("svg.graph path.edge").count() == 2
     page.screenshot(path=test_output_dir / "1_graph.png", full_page=True)
 
     page.click("#new-run-button")
     page.click('#protocol-menu a[href="#/new/tiltseries.bin"]')
     binning = page.locator("#param-binning")
     expect(binning).to_have_value("2")
-    expect(page.locator('[data-field="inputs.tilt_series"] select')).to_have_value(
-        f"{served['simulated'].name}.tilt_series")
+    tilt_input = page.locator('[data-field="inputs.tilt_series"] select')
+    expect(tilt_input).to_have_value(f"{served['with_ctf'].name}.tilt_series")  # the newest
+    tilt_input.select_option(f"{served['simulated'].name}.tilt_series")
     binning.fill("64")  # above the declared bound: the server answers 422 naming the field
     page.click("#launch-button")
     error = page.locator('[data-error-for="params.binning"]')
@@ -137,7 +171,7 @@ def test_graph_form_launch_and_live_state(served, page, test_output_dir):
     page.screenshot(path=test_output_dir / "3_run_finished.png", full_page=True)
 
     page.click('a[data-nav="graph"]')
-    expect(nodes).to_have_count(3)
+    expect(nodes).to_have_count(4)
     expect(page.locator('svg.graph g.node[data-run="tiltseries.bin"]')).to_have_attribute(
         "data-state", "finished")
     project = served["project"]
@@ -208,3 +242,32 @@ def test_tomogram_viewer_draws_and_picks_particles(served, page, test_output_dir
     page.mouse.click(box["x"] + 0.75 * box["width"], box["y"] + 0.25 * box["height"])
     expect(status).to_contain_text(f"0 picks saved in run {run_name}")
     assert served["project"].items(run_name) == []
+
+
+def test_ctf_assistant_flags_and_splits_tilts(served, page, test_output_dir):
+    project, with_ctf = served["project"], served["with_ctf"]
+    series = project.items(with_ctf)[0]
+    page.goto(served["url"] + f"#/ctf/{with_ctf.id}/tilt_series/TS_01")
+    expect(page.locator("table.data input[type=checkbox]")).to_have_count(len(series.tilts))
+    checked = [page.locator("table.data input[type=checkbox]").nth(i).is_checked()
+               for i in range(len(series.tilts))]
+    assert checked == [i != OFF_TILT_INDEX for i in range(len(series.tilts))]  # only it flagged
+    page.locator("table.data tbody tr").nth(OFF_TILT_INDEX).locator("td").nth(1).click()
+    diagnostic = page.locator("#ctf-diagnostic")
+    expect(diagnostic).to_be_visible()
+    page.wait_for_function("document.querySelector('#ctf-diagnostic').naturalWidth === 80")
+    page.locator("table.data input[type=checkbox]").nth(0).uncheck()  # the person rejects one more
+    page.screenshot(path=test_output_dir / "9_ctf_assistant.png", full_page=True)
+    page.click("#assess-button")
+    page.wait_for_url("**/#/run/*")
+    expect(page.locator(".page-head .badge")).to_have_attribute("data-state", "finished",
+                                                               timeout=45_000)
+    run_id = int(page.url.rsplit("/", 1)[1])
+    run = project.get_run(str(run_id))
+    assert run.protocol == "ctf.assess" and run.params["by"] == "index"
+    bad = project.items(run, "bad")[0]
+    good = project.items(run, "good")[0]
+    rejected = {series.tilts[0].tilt_deg, series.tilts[OFF_TILT_INDEX].tilt_deg}
+    assert {t.tilt_deg for t in bad.tilts} == rejected
+    assert len(good.tilts) == len(series.tilts) - 2
+    assert not rejected & {t.tilt_deg for t in good.tilts}

@@ -151,7 +151,8 @@ export async function showCtf(view, runId, output, key) {
     const wanted = { tolerance: st.tolerance, keep_tilts: kept, drop_tilts: dropped, by: "index" };
     const declared = assess.params.properties || {};
     const params = Object.fromEntries(Object.entries(wanted).filter(([name]) => name in declared));
-    const body = { protocol: ASSESS_PROTOCOL, inputs: {}, params };
+    // a few numbers per series: inline avoids starting a worker pool
+    const body = { protocol: ASSESS_PROTOCOL, inputs: {}, params, executor: "inline" };
     const tiltInput = Object.entries(assess.inputs).find(([, s]) => s.type === "TiltSeries");
     if (tiltInput) body.inputs[tiltInput[0]] = `${run.name}.${output}`;
     message.className = "status-line";

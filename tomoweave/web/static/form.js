@@ -72,7 +72,8 @@ async function inputRow(name, spec, chosen) {
     el("option", { value: "" }, options.length ? `— choose ${spec.type} —` : `no ${spec.type} outputs in this project yet`),
     options.map((o) => el("option", { value: o.reference, selected: o.reference === chosen },
       `${o.run} · ${o.output} — ${o.count} ${o.type}${o.count === 1 ? "" : "s"} (${o.state === "open" ? "still growing" : o.run_state})`)));
-  if (!chosen && options.length === 1 && !spec.optional) select.value = options[0].reference;
+  // newest output first: the usual next step reads what was made last
+  if (!chosen && options.length && !spec.optional) select.value = options[0].reference;
   const label = el("label", { for: `input-${name}`, title: spec.help || "" }, fieldLabel(name), " ",
     el("span", { class: "unit" }, `(${spec.type}${spec.multiple ? ", several" : ""})`),
     spec.optional ? "" : el("span", { class: "req", title: "required" }, " *"));

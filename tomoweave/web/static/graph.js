@@ -55,6 +55,7 @@ function drawGraph(container, data, labels) {
   defs.append(marker);
   root.append(defs);
   const fanIn = new Map();
+  const labelled = new Set();
   for (const e of edges) {
     const a = positions.get(e.source), b = positions.get(e.target);
     if (!a || !b) continue;
@@ -66,9 +67,13 @@ function drawGraph(container, data, labels) {
       "marker-end": "url(#arrow)" });
     path.append(svg("title", {}, `${e.output} (${e.type}) → input ${e.input}`));
     root.append(path);
-    const label = svg("text", { class: "edge-label", x: mid, y: (y1 + y2) / 2 - 14, "text-anchor": "middle" });
-    label.append(svg("tspan", { x: mid, "font-weight": 600 }, e.output));
-    label.append(svg("tspan", { x: mid, dy: 12 }, e.type));
+    const labelKey = `${e.source}/${e.output}`;
+    if (labelled.has(labelKey)) continue;  // one label per output, however many readers
+    labelled.add(labelKey);
+    const lx = x1 + COL_GAP / 2 - 8;
+    const label = svg("text", { class: "edge-label", x: lx, y: y1 - 18, "text-anchor": "middle" });
+    label.append(svg("tspan", { x: lx, "font-weight": 600 }, e.output));
+    label.append(svg("tspan", { x: lx, dy: 12 }, e.type));
     root.append(label);
   }
   for (const n of nodes) {
@@ -109,7 +114,9 @@ function runTable(nodes) {
       el("td", { class: "num" }, n.id),
       el("td", {}, el("b", {}, n.name), n.name.startsWith(n.protocol) ? "" : el("div", { class: "muted" }, n.protocol)),
       el("td", {}, stateBadge(n.state)),
-      el("td", { class: "num" }, `${n.items_done}`, n.items_failed ? el("span", { class: "error-text" }, ` / ${n.items_failed}✗`) : ""),
+      el("td", { class: "num", title: "items in the outputs (failed tasks)" },
+        `${Object.values(n.outputs).reduce((a, o) => a + o.count, 0)}`,
+        n.items_failed ? el("span", { class: "error-text" }, ` (${n.items_failed} failed)`) : ""),
       el("td", { class: "muted", title: when(n.finished || n.started || n.created) }, shortWhen(n.finished || n.started || n.created)));
     body.append(row);
   }

@@ -150,7 +150,7 @@ export async function showTomogram(view, runId, output, key) {
       } });
       return el("label", { class: "set-row", title: `${set.protocol} · ${set.state}` }, box,
         el("span", { class: "swatch", style: "margin-right:4px;" +  `background:${SET_COLOURS[index % SET_COLOURS.length]}` }),
-        el("a", { href: `#/run/${set.run_id}` }, set.run), el("span", { class: "muted" }, ` ${set.particles.length} particles`));
+        el("a", { href: `#/run/${set.run_id}` }, set.run), el("span", { class: "muted" }, ` ${set.particles.length} particle${set.particles.length === 1 ? "" : "s"}`));
     }) : [el("p", { class: "muted" }, "No particles of this tomogram yet.")]));
     const editable = st.sets.filter((s) => s.editable);
     const current = st.target;
