@@ -108,3 +108,37 @@ def test_import_tomogram_and_volume_files(project, tmp_path):
     (template,) = project.items(run, "volumes")
     data, pixel = read_mrc(project.path(template.path))
     assert np.array_equal(data, volume) and pixel == pytest.approx(8.0)
+
+
+EXPECTED_FILES = {
+    "relion5": ["tomograms.star", "tilt_series/TS_01.star", "particles.star",
+                "optimisation_set.star"],
+    "imod": ["TS_01.rawtlt", "TS_01.mod"],
+    "warp": ["TS_01.xml", "TS_01.tomostar", "particles_TS_01.star"],
+    "dynamo": ["TS_01.tbl", "TS_01.doc"],
+    "eman": ["info/TS_01_info.json", "spt/particle_parms_TS_01.json"],
+    "copick": ["copick_config.json", "ExperimentRuns/TS_01/Picks/tomoweave_0_particle.json"],
+}
+
+
+def test_every_export_writes_its_files(project, tmp_path, stack_factory):
+    stack = stack_factory("TS_01", n_tilts=5, size_yx=(32, 32))
+    series_run = project.run("import.tiltseries", params={"files": [str(stack)],
+                                                          "pixel_size_a": 5.0}, executor="inline")
+    rng = np.random.default_rng(2)
+    particles = [Particle(name=f"TS_01/{i}", tomogram="TS_01",
+                          position_a=tuple(rng.uniform(-60, 60, 3)), rotation=r.tolist())
+                 for i, r in enumerate(random_rotations(4, rng))]
+    dynamo.write_dynamo_table(tmp_path / "p.tbl", particles, 5.0, (32, 32, 16))
+    particle_run = project.run("import.dynamo", params={
+        "files": [str(tmp_path / "p.tbl")], "pixel_size_a": 5.0, "tomo_size_xyz": [32, 32, 16]},
+        executor="inline")
+    for target, files in EXPECTED_FILES.items():
+        out = tmp_path / "export" / target
+        run = project.run(f"export.{target}", inputs={"tilt_series": series_run.name,
+                                                       "particles": particle_run.name},
+                          params={"out_dir": str(out), "tomo_size_xyz": [32, 32, 16]},
+                          executor="inline")
+        assert run.state == "finished", target
+        for name in files:
+            assert (out / name).is_file(), f"{target}: {name} missing"

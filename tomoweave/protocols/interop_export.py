@@ -34,6 +34,7 @@ class InteropExport(Protocol):
     """Base of the export.FORMAT protocols."""
 
     target: ClassVar[str] = ""
+    writes_series: ClassVar[bool] = True  # False: tilt series only give particles a pixel size
     Params = InteropExportParams
     inputs = {
         "tilt_series": Input(TiltSeries, mapped=False, optional=True, help="tilt series"),
@@ -68,7 +69,7 @@ class InteropExport(Protocol):
               tomograms: list[Tomogram], params: InteropExportParams,
               context: ProcessContext) -> list[Path]:
         written = []
-        if series:
+        if series and self.writes_series:
             written += WRITERS[self.target](Loaded(series=series), out, ConvertOptions())
         for tomogram, group in _by_tomogram(particles).items():
             pixel, size = _frame(tomogram, tomograms, series, params)
@@ -170,10 +171,12 @@ class ExportDynamo(InteropExport):
     label = "Export to Dynamo"
     target = "dynamo"
 
+    writes_series = False
+
     def write(self, out, series, particles, tomograms, params, context) -> list[Path]:
         if not particles:
             raise ValueError("export.dynamo writes particle tables: give --input particles=RUN")
-        return super().write(out, [], particles, tomograms, params, context)
+        return super().write(out, series, particles, tomograms, params, context)
 
     def write_particles(self, out, tomogram, particles, pixel_size_a, size) -> list[Path]:
         path = out / f"{tomogram}.tbl"
@@ -196,8 +199,7 @@ class ExportEman(InteropExport):
     label = "Export to EMAN2"
     target = "eman"
 
-    def write(self, out, series, particles, tomograms, params, context) -> list[Path]:
-        return super().write(out, [], particles, tomograms, params, context)
+    writes_series = False
 
     def write_particles(self, out, tomogram, particles, pixel_size_a, size) -> list[Path]:
         info = out / "info" / f"{tomogram}_info.json"
@@ -213,6 +215,7 @@ class ExportCopick(InteropExport):
     name = "export.copick"
     label = "Export to copick"
     target = "copick"
+    writes_series = False
 
     def write(self, out, series, particles, tomograms, params, context) -> list[Path]:
         copick.write_copick_config(out, ["particle"])
@@ -224,7 +227,7 @@ class ExportCopick(InteropExport):
             volume, _ = read_mrc(context.resolve(tomogram.path))
             copick.write_ome_zarr(store, volume, tomogram.pixel_size_a)
             written.append(store)
-        return written + super().write(out, [], particles, tomograms, params, context)
+        return written + super().write(out, series, particles, tomograms, params, context)
 
     def write_particles(self, out, tomogram, particles, pixel_size_a, size) -> list[Path]:
         path = copick.copick_picks_path(out, tomogram, "particle")
