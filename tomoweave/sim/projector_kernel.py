@@ -87,21 +87,45 @@ def project_slabs_kernel(volume, occupied, inverse, shift_x_px, shift_y_px, out,
             t_low, t_high = _clip_interval(bz, dz, nz - 1.000001, t_low, t_high)
             if t_high <= t_low:
                 continue
-            t = np.ceil(t_low / step) * step
-            while t <= t_high:
+            k = int(np.ceil(t_low / step))
+            k_last = int(np.floor(t_high / step))
+            while k <= k_last:
+                t = k * step
                 x = bx + t * dx
                 y = by + t * dy
                 z = bz + t * dz
-                if x >= 0 and y >= 0 and z >= 0 and occupied[
-                        int(z) >> BLOCK_SHIFT, int(y) >> BLOCK_SHIFT, int(x) >> BLOCK_SHIFT]:
-                    value = _trilinear(volume, x, y, z)
-                    slab = int(np.floor((t - z_first_px) / slab_px))
-                    if slab < 0:
-                        slab = 0
-                    elif slab >= n_slabs:
-                        slab = n_slabs - 1
-                    out[slab, iy, ix] += value * step
-                t += step
+                if x < 0 or y < 0 or z < 0:
+                    k += 1
+                    continue
+                block_x = int(x) >> BLOCK_SHIFT
+                block_y = int(y) >> BLOCK_SHIFT
+                block_z = int(z) >> BLOCK_SHIFT
+                if not occupied[block_z, block_y, block_x]:
+                    # jump to the first sample past this empty block
+                    t_exit = _block_exit(x, dx, block_x)
+                    t_exit = min(t_exit, _block_exit(y, dy, block_y))
+                    t_exit = min(t_exit, _block_exit(z, dz, block_z))
+                    k = max(k + 1, int(np.ceil((t + t_exit) / step)))
+                    continue
+                value = _trilinear(volume, x, y, z)
+                slab = int(np.floor((t - z_first_px) / slab_px))
+                if slab < 0:
+                    slab = 0
+                elif slab >= n_slabs:
+                    slab = n_slabs - 1
+                out[slab, iy, ix] += value * step
+                k += 1
+
+
+@numba.njit(cache=True, inline="always")
+def _block_exit(position, direction, block):
+    """Ray parameter increment at which ``position`` leaves its block along one axis."""
+    size = 1 << BLOCK_SHIFT
+    if direction > 1e-12:
+        return ((block + 1) * size - position) / direction
+    if direction < -1e-12:
+        return (block * size - position) / direction
+    return 1e30
 
 
 def slab_range_px(volume_shape_zyx: tuple[int, int, int], rotation: np.ndarray,

@@ -22,6 +22,7 @@ from tomoweave.sim.templates import add_particle, load_template
 
 MEMBRANE_HALF_WIDTH_A = 25.0  # half thickness of a bilayer, headgroup to headgroup ≈ 40 Å
 _MAX_TRIES = 4000
+EMPTY_BELOW_V = 0.01
 
 
 @dataclass
@@ -88,6 +89,9 @@ def build_specimen(config: SimConfig, rng: np.random.Generator) -> Specimen:
         template = load_template(particle.template, pixel_size_a)
         add_particle(volume, pixel_size_a, template, particle.position_a, particle.rotation,
                      config.protein_contrast_v)
+    # interpolation tails below 0.01 V do not show in any image but would make the projector
+    # visit nearly every voxel: cut them so that empty space is really empty
+    volume[np.abs(volume) < EMPTY_BELOW_V] = 0.0
     return Specimen(volume, pixel_size_a, config.thickness_a, particles,
                     np.array(beads).reshape(-1, 3), bead_radius_a, vesicles)
 
