@@ -65,7 +65,8 @@ def warp_to_alignment(angle: float, axis: float, offset_xy, pixel_size_a: float,
 def alignment_to_warp(alignment: TiltAlignment, pixel_size_a: float, tomo_size_xyz=None,
                       image_size_xy=None) -> tuple[float, float, float, float]:
     """(angle, axis, offset_x_a, offset_y_a) of Warp for one alignment (inverse of the above)."""
-    if abs(alignment.x_tilt_deg) > 1e-6 or abs(alignment.magnification - 1.0) > 1e-6:
+    # a scale below 0.1 % (e.g. rounding in an .xf) is dropped: Warp only has a global one
+    if abs(alignment.x_tilt_deg) > 1e-6 or abs(alignment.magnification - 1.0) > 1e-3:
         raise WarpFormatError("Warp has no per-tilt X tilt or magnification; this alignment has "
                               f"x_tilt {alignment.x_tilt_deg}° and magnification "
                               f"{alignment.magnification}")
