@@ -180,7 +180,7 @@ def phase_flip_strips(image: np.ndarray, matrix: np.ndarray, pixel_size_a: float
                         ctf.defocus_v_a[tilt_index] + change,
                         ctf.astigmatism_angle_deg[tilt_index] - in_plane_deg, ctf.voltage_kv,
                         ctf.spherical_aberration_mm, ctf.amplitude_contrast, phase, rfft=True)
-        # -sign: a dense (dark in underfocus) object comes out bright after correction
+        # -sign(CTF): the transfer becomes -|CTF|, so dense objects stay dark as in the images
         flipped.append(scipy.fft.irfft2(spectrum * -np.sign(values), s=(ny, nx), workers=-1))
     if len(grid) == 1:
         return flipped[0].astype(np.float32)
