@@ -271,3 +271,43 @@ def test_png_encoding_round_trips_small_and_big_planes():
         grey = rng.integers(0, 256, shape).astype(np.uint8)
         decoded = np.asarray(Image.open(io.BytesIO(encode_grey_png(grey))))
         assert decoded.shape == shape and np.array_equal(decoded, grey)
+
+
+def _wait_for_state(client: TestClient, run_id: int, wanted: str, seconds: float = 40) -> dict:
+    deadline = time.time() + seconds
+    while True:
+        details = client.get(f"/api/runs/{run_id}").json()
+        if details["state"] == wanted:
+            return details
+        assert time.time() < deadline, f"run {run_id} stayed {details['state']}, not {wanted}"
+        time.sleep(0.2)
+
+
+def test_launch_stop_and_resume_a_run(client, web_project, tmp_path):
+    # a watching import runs until stopped: a run that is reliably still running
+    watched = tmp_path / "microscope"
+    watched.mkdir()
+    launched = client.post("/api/runs", json={
+        "protocol": "import.mdoc", "executor": "inline", "name": "watching",
+        "params": {"files": [str(watched / "*.mdoc")], "watch": True, "settle_s": 0,
+                   "stop_after_idle_s": 600}})
+    assert launched.status_code == 200, launched.text
+    run_id = launched.json()["id"]
+    running = _wait_for_state(client, run_id, "running")
+    pid = running["pid"]
+    assert pid and pid != os.getpid()
+    stopped = client.post(f"/api/runs/{run_id}/stop")
+    assert stopped.status_code == 200 and stopped.json()["state"] == "interrupted"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert "stopped" in client.get(f"/api/runs/{run_id}").json()["error"]
+    assert client.post(f"/api/runs/{run_id}/stop").status_code == 409  # not running any more
+
+    resumed = client.post(f"/api/runs/{run_id}/resume")
+    assert resumed.status_code == 200 and resumed.json()["state"] in ("queued", "running")
+    again = _wait_for_state(client, run_id, "running")
+    assert again["pid"] != pid
+    assert client.post(f"/api/runs/{run_id}/resume").status_code == 409  # already running
+    assert client.post(f"/api/runs/{run_id}/stop").json()["state"] == "interrupted"
+    log = client.get(f"/api/runs/{run_id}/log").json()
+    assert log["text"].count("started; parameters") == 2

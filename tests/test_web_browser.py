@@ -248,15 +248,17 @@ def test_ctf_assistant_flags_and_splits_tilts(served, page, test_output_dir):
     project, with_ctf = served["project"], served["with_ctf"]
     series = project.items(with_ctf)[0]
     page.goto(served["url"] + f"#/ctf/{with_ctf.id}/tilt_series/TS_01")
+    def keep_box(index):
+        return page.locator(f'table.data input[type=checkbox][data-index="{index}"]')
+
     expect(page.locator("table.data input[type=checkbox]")).to_have_count(len(series.tilts))
-    checked = [page.locator("table.data input[type=checkbox]").nth(i).is_checked()
-               for i in range(len(series.tilts))]
+    checked = [keep_box(i).is_checked() for i in range(len(series.tilts))]
     assert checked == [i != OFF_TILT_INDEX for i in range(len(series.tilts))]  # only it flagged
-    page.locator("table.data tbody tr").nth(OFF_TILT_INDEX).locator("td").nth(1).click()
+    page.locator(f'table.data tbody tr[data-index="{OFF_TILT_INDEX}"] td').nth(1).click()
     diagnostic = page.locator("#ctf-diagnostic")
     expect(diagnostic).to_be_visible()
     page.wait_for_function("document.querySelector('#ctf-diagnostic').naturalWidth === 80")
-    page.locator("table.data input[type=checkbox]").nth(0).uncheck()  # the person rejects one more
+    keep_box(0).uncheck()  # the person rejects one more
     page.screenshot(path=test_output_dir / "9_ctf_assistant.png", full_page=True)
     page.click("#assess-button")
     page.wait_for_url("**/#/run/*")

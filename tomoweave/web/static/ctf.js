@@ -1,6 +1,6 @@
 // CTF assistant (defocus against tilt, flagged tilts, diagnostics, accept/reject through the
 // ctf.assess protocol) and the average viewer (central slices and the FSC curve).
-import { api, el, fieldLabel, fmt } from "./app.js";
+import { api, el, fixed, fmt } from "./app.js";
 
 const ASSESS_PROTOCOL = "ctf.assess";
 
@@ -88,7 +88,7 @@ export async function showCtf(view, runId, output, key) {
   }
   const flagged = (t) => st.flags.get(t.stackIndex);
   assessRule();
-  const canvas = el("canvas", { id: "ctf-plot", width: 760, height: 380, style: "width:100%;max-width:760px;cursor:pointer" });
+  const canvas = el("canvas", { id: "ctf-plot", width: 900, height: 400, style: "width:100%;cursor:pointer" });
   const detail = el("div", { class: "diagnostic", id: "ctf-detail" }, el("p", { class: "muted" }, "Click a point to see that tilt's spectrum and fit."));
   const thresholdInput = el("input", { type: "number", id: "ctf-threshold", min: 1, max: 500, step: 1, value: st.tolerance * 100, style: "width:90px" });
   const table = el("tbody");
@@ -98,19 +98,25 @@ export async function showCtf(view, runId, output, key) {
   function redraw() {
     const points = tilts.map((t) => [t.tilt_deg, mean(t)]);
     const centre = (st.meanU + st.meanV) / 2e4;
+    const values = points.map((p) => p[1]).concat([centre * (1 - st.tolerance), centre * (1 + st.tolerance)]);
+    const span = Math.max(...values) - Math.min(...values);
+    const yRange = [Math.min(...values) - 0.06 * span, Math.max(...values) + 0.06 * span];
     hits = plot(canvas, [
       { name: "mean", points, colour: "#2b6cb0", selected: st.selected,
         colourOf: (i) => (st.keep.get(tilts[i].stackIndex) ? (flagged(tilts[i]) ? "#c27c0e" : "#2b6cb0") : "#c53030"),
         hollow: (i) => flagged(tilts[i]) },
-    ], { xLabel: "tilt (°)", yLabel: "mean defocus (µm, underfocus +)",
+    ], { xLabel: "tilt (°)", yLabel: "mean defocus (µm, underfocus +)", yRange,
       hLines: [{ y: centre, colour: "#2f855a", label: `mean ${fmt(centre, 2)} µm` },
         { y: centre * (1 + st.tolerance), colour: "#c27c0e", label: `+${fmt(st.tolerance * 100, 0)} %` },
         { y: centre * (1 - st.tolerance), colour: "#c27c0e", label: `−${fmt(st.tolerance * 100, 0)} %` }] });
-    table.replaceChildren(...tilts.map((t, i) => {
+    const byAngle = tilts.map((t, i) => [t, i]).sort((a, b) => a[0].tilt_deg - b[0].tilt_deg);
+    table.replaceChildren(...byAngle.map(([t, i]) => {
       const box = el("input", { type: "checkbox", checked: st.keep.get(t.stackIndex), "data-tilt": t.tilt_deg,
+        "data-index": t.stackIndex, title: "keep this tilt (in the good set)",
         onchange: () => { st.keep.set(t.stackIndex, box.checked); redraw(); } });
-      return el("tr", { class: "clickable", onclick: (e) => { if (e.target !== box) select(i); } },
-        el("td", {}, box), el("td", { class: "num" }, `${fmt(t.tilt_deg, 1)}°`),
+      return el("tr", { class: `clickable${st.selected === i ? " selected" : ""}`, "data-index": t.stackIndex,
+        onclick: (e) => { if (e.target !== box) select(i); } },
+        el("td", {}, box), el("td", { class: "num" }, `${fixed(t.tilt_deg, 1)}°`),
         el("td", { class: "num" }, fmt(t.ctf.defocus_u_a / 1e4, 3)), el("td", { class: "num" }, fmt(t.ctf.defocus_v_a / 1e4, 3)),
         el("td", { class: "num" }, t.ctf.fit_resolution_a == null ? "–" : fmt(t.ctf.fit_resolution_a, 1)),
         el("td", {}, flagged(t) ? el("b", { style: "color:#c27c0e" }, t.excluded ? "excluded" : "deviates") : ""));
@@ -120,7 +126,7 @@ export async function showCtf(view, runId, output, key) {
   function select(i) {
     st.selected = i;
     const t = tilts[i];
-    detail.replaceChildren(el("h2", {}, `Tilt ${fmt(t.tilt_deg, 1)}° (stack slice ${t.stackIndex})`),
+    detail.replaceChildren(el("h2", {}, `Tilt ${fixed(t.tilt_deg, 1)}° (stack slice ${t.stackIndex})`),
       el("dl", { class: "kv" }, el("dt", {}, "defocus U / V"), el("dd", {}, `${fmt(t.ctf.defocus_u_a / 1e4, 3)} / ${fmt(t.ctf.defocus_v_a / 1e4, 3)} µm`),
         el("dt", {}, "astigmatism angle"), el("dd", {}, `${fmt(t.ctf.astigmatism_angle_deg, 1)}°`),
         el("dt", {}, "phase shift"), el("dd", {}, `${fmt(t.ctf.phase_shift_deg, 1)}°`),
@@ -175,8 +181,8 @@ export async function showCtf(view, runId, output, key) {
         el("button", { class: "primary", id: "assess-button", disabled: !assess, onclick: runAssessment,
           title: assess ? "make good/bad subsets with ctf.assess" : "the ctf.assess protocol is not installed" },
           "Accept checked, reject the rest")),
-      assess ? el("p", { class: "hint" }, `Runs ${assess.label} (${ASSESS_PROTOCOL}) with `,
-        Object.keys(assess.params.properties || {}).map(fieldLabel).join(", ")) : el("p", { class: "hint" }, "ctf.assess is not available in this installation."),
+      assess ? el("p", { class: "hint" }, `Runs ${assess.label} (${ASSESS_PROTOCOL}): checked tilts go to its good set, `,
+        "the others to its bad set, with provenance.") : el("p", { class: "hint" }, "ctf.assess is not available in this installation."),
       message),
     el("div", { class: "panel" }, detail))));
   redraw();
