@@ -131,7 +131,7 @@ def read_tilt_series_star(
     path = Path(path)
     blocks = read_star_blocks(path)
     block = entry.name if entry.name in blocks else next(iter(blocks))
-    table = star_table(path, block)
+    table = star_table(path, block, blocks)
     tilt_column = ("rlnTomoNominalStageTiltAngle" if "rlnTomoNominalStageTiltAngle"
                    in table.columns else "rlnTomoYTilt")
     require_columns(table, [tilt_column], path, block, "the tilt angle of each image")

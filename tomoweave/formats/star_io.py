@@ -27,10 +27,12 @@ def read_star_blocks(path: str | Path) -> dict[str, pd.DataFrame | dict]:
     return blocks
 
 
-def star_table(path: str | Path, block: str | None = None) -> pd.DataFrame:
-    """One loop block as a DataFrame: ``block`` by name, or the only/first loop block."""
+def star_table(path: str | Path, block: str | None = None,
+               blocks: dict | None = None) -> pd.DataFrame:
+    """One loop block as a DataFrame: ``block`` by name, or the only/first loop block
+    (``blocks``: the file's blocks when already read)."""
     path = Path(path)
-    blocks = read_star_blocks(path)
+    blocks = blocks if blocks is not None else read_star_blocks(path)
     if block is not None:
         if block not in blocks:
             raise StarFormatError(f"{path.name}: no data_{block} block "
