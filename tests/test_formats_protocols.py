@@ -142,3 +142,23 @@ def test_every_export_writes_its_files(project, tmp_path, stack_factory):
         assert run.state == "finished", target
         for name in files:
             assert (out / name).is_file(), f"{target}: {name} missing"
+
+
+def test_relion5_round_trip_in_project_links_the_stack(project, tmp_path, stack_factory):
+    from tomoweave.formats.mrc import read_mrc
+
+    stack = stack_factory("TS_03", n_tilts=7, size_yx=(16, 16))
+    series_run = project.run("import.tiltseries", params={"files": [str(stack)],
+                                                          "pixel_size_a": 3.0}, executor="inline")
+    out = tmp_path / "r5"
+    project.run("export.relion5", inputs={"tilt_series": series_run.name},
+                params={"out_dir": str(out)}, executor="inline")
+    back = project.run("import.relion5", params={"files": [str(out / "tomograms.star")]},
+                       executor="inline")
+    (original,) = project.items(series_run, "tilt_series")
+    (series,) = project.items(back, "tilt_series")
+    assert [t.tilt_deg for t in series.tilts] == pytest.approx([t.tilt_deg for t in original.tilts])
+    assert [t.image_index for t in series.tilts] == list(range(7))
+    data, _ = read_mrc(project.path(series.tilts[3].image_path))
+    assert np.array_equal(data, read_mrc(stack)[0])
+    assert series.pixel_size_a == pytest.approx(3.0)

@@ -72,7 +72,7 @@ class InteropImport(Protocol):
             names = (series_name(path), path.stem, path.stem.removesuffix("_CTF"))
             target = next((targets[n] for n in names if n in targets), None)
             loaded = self._load(path, params, target.pixel_size_a if target else None)
-            tasks += [Task(key=s.name, payload=s) for s in loaded.series]
+            tasks += [Task(key=s.name, payload=_resolve_paths(s, path)) for s in loaded.series]
             tasks += [Task(key=f"tomogram:{t.name}", payload=t) for t in loaded.tomograms]
             tasks += [Task(key=f"volume:{v.name}", payload=v) for v in loaded.volumes]
             for tomogram, group in _by_tomogram(loaded.particles).items():
@@ -105,7 +105,53 @@ class InteropImport(Protocol):
         if series.name in targets:
             series = merge_onto(targets[series.name], series)
             context.log(f"{series.name}: alignment/CTF put on the project's tilt series")
+        else:
+            series = _link_files(series, context)
         return {**empty, "tilt_series": series}
+
+
+def _resolve_paths(series: TiltSeries, source: Path) -> TiltSeries:
+    """File paths of the imported tilts made absolute (searched as written, relative to the
+    source file and to up to four folders above it, as RELION projects nest them); paths not
+    found become None, since item paths are read relative to the project."""
+    copy = series.model_copy(deep=True)
+    base = source.resolve().parent
+    cache: dict[str, str | None] = {}
+
+    def find(written: str | None) -> str | None:
+        if not written:
+            return None
+        if written not in cache:
+            candidate = Path(written)
+            options = [candidate] if candidate.is_absolute() else [
+                *(folder / candidate for folder in [base, *base.parents][:5]),
+                base / candidate.name]
+            found = next((c for c in options if c.is_file()), None)
+            cache[written] = str(found) if found else None
+        return cache[written]
+
+    for tilt in copy.tilts:
+        tilt.image_path, tilt.movie_path = find(tilt.image_path), find(tilt.movie_path)
+        if tilt.ctf is not None:
+            tilt.ctf = tilt.ctf.model_copy(update={"diagnostic_path": None})
+    return copy
+
+
+def _link_files(series: TiltSeries, context: ProcessContext) -> TiltSeries:
+    """Symbolic links in the run's outputs to the imported files; project-relative paths."""
+    copy = series.model_copy(deep=True)
+    links: dict[str, str | None] = {}
+    for tilt in copy.tilts:
+        for field in ("image_path", "movie_path"):
+            source = getattr(tilt, field)
+            if source and source not in links:
+                links[source] = _link(context, source, f"{series.name}/{Path(source).name}")
+            setattr(tilt, field, links.get(source) if source else None)
+    missing = sum(t.image_path is None for t in copy.tilts)
+    if missing:
+        context.log(f"{series.name}: {missing} of {len(copy.tilts)} tilt images not found; "
+                    f"give --input tilt_series=RUN to put this alignment on imported stacks")
+    return copy
 
 
 def _as_project_mrc(source: str, name: str, pixel_size_a: float, context: ProcessContext) -> str:
