@@ -118,3 +118,20 @@ def test_duplicate_section(tmp_path):
     text = TS_01.read_text().replace("[ZValue = 2]", "[ZValue = 1]")
     with pytest.raises(MdocError, match="duplicate section"):
         read_mdoc(_damaged(tmp_path, text))
+
+
+@pytest.mark.parametrize("name", ["TS_01.mdoc", "frame_set_single.mdoc"])
+def test_write_and_read_again_gives_the_same_values(tmp_path, name):
+    from dataclasses import asdict
+
+    from tomoweave.formats.mdoc import write_mdoc
+
+    mdoc = read_mdoc(DATA / name)
+    write_mdoc(tmp_path / name, mdoc)
+    again = read_mdoc(tmp_path / name)
+    first, second = asdict(mdoc), asdict(again)
+    first.pop("path"), second.pop("path")
+    for a, b in zip(first.pop("sections"), second.pop("sections"), strict=True):
+        a.pop("line_number"), b.pop("line_number")
+        assert a == b
+    assert first == second

@@ -83,6 +83,7 @@ class MdocTiltSeries:
     binning: float | None = None
     voltage_kv: float | None = None
     data_mode: int | None = None
+    header_raw: dict[str, str] = field(default_factory=dict)
 
     @property
     def tilt_angles_deg(self) -> list[float]:
@@ -172,7 +173,8 @@ def _parse_header(path: Path, lines: list[str]) -> MdocTiltSeries:
             f"{path.name}: line {number}: {key}: cannot parse {data.get(key)!r} "
             f"({error.errors()[0]['msg']})"
         ) from error
-    series = MdocTiltSeries(path=str(path), is_frame_set=False, sections=[], titles=titles)
+    series = MdocTiltSeries(path=str(path), is_frame_set=False, sections=[], titles=titles,
+                            header_raw=data)
     series.pixel_size_a = parsed.PixelSpacing
     series.image_file = str(parsed.ImageFile) if parsed.ImageFile is not None else None
     series.image_size_xy = tuple(int(v) for v in parsed.ImageSize) if parsed.ImageSize else None
@@ -268,3 +270,24 @@ def _check_sections(path: Path, sections: list[MdocSection], kind: str) -> None:
             f"{path.name}: [{kind} = {last.z_value}] (line {last.line_number}): "
             f"{', '.join(missing)} missing (every other section has it); truncated file?"
         )
+
+
+def write_mdoc(path: str | Path, mdoc: MdocTiltSeries) -> None:
+    """Write an .mdoc from the values as read (``header_raw``, titles, each section's ``raw``),
+    so that reading it again gives the same values; written atomically."""
+    kind = "FrameSet" if mdoc.is_frame_set else "ZValue"
+    lines = [f"{key} = {value}" for key, value in mdoc.header_raw.items()]
+    for title in mdoc.titles:
+        lines += ["", title if title.startswith("[") else title]
+    for section in mdoc.sections:
+        lines += ["", f"[{kind} = {section.z_value}]"]
+        for key, value in section.raw.items():
+            if key in ("ZValue", "FrameSet", "MontSection"):
+                continue
+            name = "FrameDosesAndNumber" if key == "FrameDosesAndNumbers" else key
+            lines.append(f"{name} = {value}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    temporary.replace(path)
