@@ -60,7 +60,9 @@ class SimConfig(BaseModel):
     defocus_sigma_a: float = Field(800.0, ge=0, description="tilt-to-tilt defocus spread")
     astigmatism_a: float = Field(400.0, ge=0, description="defocus_u - defocus_v")
     ctf_on: bool = True
-    ctf_slab_a: float = Field(100.0, gt=0, description="height step of the per-height CTF")
+    ctf_slab_a: float | None = Field(None, gt=0, description="height step of the per-height "
+                                     "CTF; None: the largest step whose defocus error shifts "
+                                     "the CTF phase by at most 0.05 rad at Nyquist (≤ 500 Å)")
     dose_per_tilt_e_a2: float = Field(3.0, gt=0)
     noise_on: bool = True
     damping_on: bool = True

@@ -176,10 +176,11 @@ def _form_images(config: SimConfig, specimen: Specimen, tilts: list[TruthTilt],
     noise_free = np.empty_like(stack)
     frames = []
     occupied = occupancy_blocks(specimen.volume_v)
+    slab_a = config.ctf_slab_a or imaging.auto_slab_a(config.pixel_size_a, config.voltage_kv)
     for index, tilt in enumerate(tilts):
         matrix = tilt.projection_matrix()
         slabs, heights_a = project_volume_slabs(specimen.volume_v, matrix, config.pixel_size_a,
-                                                shape, config.ctf_slab_a, occupied)
+                                                shape, slab_a, occupied)
         projections[index] = slabs.sum(axis=0)
         ctf = {**ctf_common, "defocus_u_a": tilt.defocus_u_a, "defocus_v_a": tilt.defocus_v_a,
                "astigmatism_angle_deg": tilt.astigmatism_angle_deg}

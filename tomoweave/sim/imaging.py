@@ -19,7 +19,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import fft
 
-from tomoweave.algorithms.ctf_model import ctf_2d, electron_wavelength_a, frequency_grid_2d
+from tomoweave.algorithms.ctf_model import (
+    ctf_at_frequencies,
+    electron_wavelength_a,
+    frequency_grid_2d,
+)
 
 ELECTRON_REST_ENERGY_KEV = 510.99895
 
@@ -36,6 +40,15 @@ def critical_exposure_e_a2(frequency_inv_a: np.ndarray) -> np.ndarray:
     """Grant & Grigorieff (2015) critical exposure at spatial frequency k (1/Å), e/Å²."""
     k = np.maximum(frequency_inv_a, 1e-6)
     return 0.245 * k ** -1.665 + 2.81
+
+
+def auto_slab_a(pixel_size_a: float, voltage_kv: float, phase_tolerance_rad: float = 0.05,
+                max_slab_a: float = 500.0, min_slab_a: float = 20.0) -> float:
+    """Height step for the per-height CTF: a point half a step from its slab's centre sees a CTF
+    phase error of at most ``phase_tolerance_rad`` at Nyquist (chi error = π λ δz k²)."""
+    nyquist_inv_a = 0.5 / pixel_size_a
+    step_a = 2 * phase_tolerance_rad / (np.pi * electron_wavelength_a(voltage_kv) * nyquist_inv_a**2)
+    return float(np.clip(step_a, min_slab_a, max_slab_a))
 
 
 def padded_shape(shape_yx: tuple[int, int], pad_px: int) -> tuple[int, int]:
@@ -55,19 +68,19 @@ def contrast_image(slabs_v_a: np.ndarray, heights_a: np.ndarray, pixel_size_a: f
     sigma = interaction_constant_rad_per_v_a(ctf["voltage_kv"])
     spectrum_total = np.zeros((shape[0], shape[1] // 2 + 1), dtype=np.complex64)
     padded = np.zeros(shape, dtype=np.float32)
+    fy, fx = frequency_grid_2d(shape, pixel_size_a, rfft=True)
     for slab, height_a in zip(slabs_v_a, heights_a, strict=True):
         if not slab.any():
             continue
         padded[pad_px:pad_px + ny, pad_px:pad_px + nx] = slab * sigma
         spectrum = fft.rfft2(padded, workers=-1)
         if ctf_on:
-            spectrum *= ctf_2d(shape, pixel_size_a, ctf["defocus_u_a"] + height_a,
-                               ctf["defocus_v_a"] + height_a, ctf["astigmatism_angle_deg"],
-                               ctf["voltage_kv"], ctf["spherical_aberration_mm"],
-                               ctf["amplitude_contrast"], rfft=True)
+            spectrum *= ctf_at_frequencies(
+                fx, fy, ctf["defocus_u_a"] + height_a, ctf["defocus_v_a"] + height_a,
+                ctf["astigmatism_angle_deg"], ctf["voltage_kv"], ctf["spherical_aberration_mm"],
+                ctf["amplitude_contrast"]).astype(np.float32)
         spectrum_total += spectrum
     if exposure_e_a2 is not None and exposure_e_a2 > 0:
-        fy, fx = frequency_grid_2d(shape, pixel_size_a, rfft=True)
         frequency = np.sqrt(fx * fx + fy * fy)
         spectrum_total *= np.exp(-exposure_e_a2 / (2 * critical_exposure_e_a2(frequency)))
     if not ctf_on:  # without a CTF, show density dark as a microscope in underfocus would
