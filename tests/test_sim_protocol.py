@@ -76,3 +76,31 @@ def test_cli_simulate_writes_files_without_a_project(tmp_path):
     assert np.isfinite(stack).all()
     again = CliRunner().invoke(app, ["simulate", "nonsense", str(tmp_path / "bad")])
     assert again.exit_code != 0 and "unknown simulation preset" in again.output
+
+
+def test_import_mdoc_reads_simulated_series_as_the_truth_says(tmp_path):
+    from tomoweave.sim import simulate_dataset
+
+    data = simulate_dataset(tmp_path / "data", preset="tiny", seed=4, movies_on=True)
+    truth = data.series[0].truth()
+    project = Project.init(tmp_path / "proj")
+    stacks = project.run("import.mdoc", params={"files": [str(data.series[0].mdoc_path)]},
+                         executor="inline")
+    movies = project.run("import.mdoc", params={"files": [str(data.series[0].mdoc_path)],
+                                                "frames_dir": str(data.out_dir / "frames")},
+                         executor="inline")
+    for run in (stacks, movies):
+        assert run.state == "finished"
+        item = project.items(run, "tilt_series")[0]
+        assert item.pixel_size_a == truth.pixel_size_a
+        assert item.acquisition.tilt_axis_deg == truth.nominal_tilt_axis_deg
+        assert [t.tilt_deg for t in item.tilts] == [t.nominal_tilt_deg for t in truth.tilts]
+        assert [t.acquisition_order for t in item.tilts] == [
+            t.acquisition_order for t in truth.tilts]
+        np.testing.assert_allclose([t.pre_exposure_e_a2 for t in item.tilts],
+                                   [t.pre_exposure_e_a2 for t in truth.tilts])
+        assert item.tilts[0].nominal_defocus_a == pytest.approx(truth.nominal_defocus_a)
+    movie_item = project.items(movies, "tilt_series")[0]
+    assert [project.path(t.movie_path).name for t in movie_item.tilts] == [
+        t.movie_file for t in truth.tilts]
+    assert all(t.frame_count == 4 for t in movie_item.tilts)
