@@ -235,6 +235,9 @@ def _unbinned_size(item: TiltSeries, tomogram: Tomogram | None, size_xyz) -> tup
     if size_xyz is not None:
         return tuple(int(n) for n in size_xyz)
     x, y = item.image_size_xy
+    if not x or not y:
+        raise ValueError(f"{item.name}: RELION 5's tomograms.star needs the tomogram size; the "
+                         f"tilt-image size is unknown too (give --tomo-size X Y Z or --image-size)")
     return (x, y, max(1, x // 4))
 
 
