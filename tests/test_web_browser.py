@@ -21,9 +21,12 @@ from playwright.sync_api import expect, sync_playwright
 from tomoweave.api import Project
 from tomoweave.engine import Input, Output, ProcessContext, Protocol
 from tomoweave.engine.registry import register_protocol
-from tomoweave.model import TiltSeries, Tomogram
+from tomoweave.model import Average, TiltSeries, Tomogram
 from tomoweave.sim import load_truth
 from tomoweave.web import create_app
+
+# the tests share one project and build on each other's runs: one xdist worker
+pytestmark = pytest.mark.xdist_group("web_browser")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,8 +79,25 @@ class TrueCtf(Protocol):
         return {"tilt_series": result}
 
 
+class TrueAverage(Protocol):
+    """Test fixture: an Average item on the simulator's volume with a made-up FSC curve."""
+
+    name = "webtest.true_average"
+    inputs = {"tomograms": Input(Tomogram)}
+    outputs = {"averages": Output(Average)}
+
+    def process(self, item: Tomogram, params, context: ProcessContext) -> dict:
+        frequency = np.linspace(0, 0.5 / item.pixel_size_a, 20)
+        fsc = 1 / (1 + np.exp((frequency * item.pixel_size_a - 0.3) * 30))
+        return {"averages": Average(
+            name=f"{item.name}_average", path=item.path, pixel_size_a=item.pixel_size_a,
+            size_xyz=item.size_xyz, fsc_frequency_inv_a=frequency.tolist(), fsc=fsc.tolist(),
+            resolution_a=item.pixel_size_a / 0.36, particle_count=4)}
+
+
 def make_simulated_project(root):
     register_protocol(TrueTomogram)
+    register_protocol(TrueAverage)
     register_protocol(TrueCtf)
     project = Project.init(root)
     simulated = project.run("simulate", params={"preset": "tiny"}, executor="inline")
@@ -273,3 +293,21 @@ def test_ctf_assistant_flags_and_splits_tilts(served, page, test_output_dir):
     assert {t.tilt_deg for t in bad.tilts} == rejected
     assert len(good.tilts) == len(series.tilts) - 2
     assert not rejected & {t.tilt_deg for t in good.tilts}
+
+
+def test_average_viewer_shows_slices_and_fsc(served, page, test_output_dir):
+    project = served["project"]
+    averages = project.run(TrueAverage.name, inputs={"tomograms": served["tomograms"].name},
+                           executor="inline")
+    page.goto(served["url"] + f"#/run/{averages.id}")
+    page.click('a[data-viewer="average"]')
+    expect(page.locator("#fsc-plot")).to_be_visible()
+    for axis in ("z", "y", "x"):
+        page.wait_for_function(
+            f"document.querySelector('img[data-axis=\"{axis}\"]').naturalWidth > 0")
+    size = served["tomogram"].size_xyz
+    widths = page.evaluate("[...document.querySelectorAll('img[data-axis]')]"
+                           ".map(i => [i.naturalWidth, i.naturalHeight])")
+    assert widths == [[size[0], size[1]], [size[0], size[2]], [size[1], size[2]]]
+    expect(page.locator(".page-head")).to_contain_text("FSC 0.143")
+    page.screenshot(path=test_output_dir / "10_average.png", full_page=True)

@@ -25,6 +25,7 @@ PICK_PROTOCOL = "pick.manual"
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
 LOG_TAIL_BYTES = 64_000
 MAX_LISTED_ITEMS = 2000
+MAX_PICTURES = 24
 STOP_WAIT_SECONDS = 5.0
 _pick_lock = threading.Lock()
 
@@ -138,7 +139,8 @@ def run_details(request: Request, run_id: int) -> dict[str, Any]:
                   "seconds": (j["finished"] - j["started"]) if j["finished"] and j["started"]
                   else None}
                  for t, j in project.catalog.journal(run.id).items()],
-        protocol_info=_describe_or_none(run.protocol))
+        protocol_info=_describe_or_none(run.protocol),
+        pictures=_pictures(project.root, run.folder))
     for output_set in project.catalog.sets_of_run(run.id):
         records = project.catalog.items(output_set.id)[:MAX_LISTED_ITEMS]
         details["outputs"][output_set.output]["items"] = [
@@ -156,6 +158,15 @@ def viewers_of(item_type: str, data: dict[str, Any]) -> list[str]:
         has_ctf = any(t.get("ctf") for t in data.get("tilts", []))
         return ["tiltseries", "ctf"] if has_ctf else ["tiltseries"]
     return []
+
+
+def _pictures(root, folder: str) -> list[str]:
+    """Project-relative paths of the PNG plots a run left in its outputs (first ones only)."""
+    outputs = root / folder / "outputs"
+    if not outputs.is_dir():
+        return []
+    found = sorted(p for p in outputs.rglob("*.png") if not p.name.startswith("."))
+    return [p.relative_to(root).as_posix() for p in found[:MAX_PICTURES]]
 
 
 def _describe_or_none(name: str) -> dict[str, Any] | None:

@@ -196,7 +196,7 @@ export async function showAverage(view, runId, output, key) {
   const slices = el("div", { class: "grid2", style: "grid-template-columns: repeat(3, minmax(0, 1fr))" },
     ["z", "y", "x"].map((axis) => el("figure", { style: "margin:0" },
       el("img", { src: `/api/volume/slice?path=${encodeURIComponent(average.path)}&axis=${axis}&binning=1&per_slice=true`,
-        style: "width:100%;image-rendering:pixelated;border-radius:6px;background:#111", alt: `${axis} central slice` }),
+        style: "width:100%;image-rendering:pixelated;border-radius:6px;background:#111", alt: `${axis} central slice`, "data-axis": axis }),
       el("figcaption", { class: "muted" }, `central ${{ z: "XY", y: "XZ", x: "YZ" }[axis]} slice`))));
   view.append(el("div", { class: "page-head" }, el("div", {}, el("h1", {}, `Average ${key}`),
     el("p", {}, el("a", { href: `#/run/${runId}` }, `${run.name}.${output}`),

@@ -77,8 +77,12 @@ export async function showRun(view, runId) {
   let logOffset = 0;
   let lastState = null;
 
+  let lastText = "";
   const render = async () => {
     const run = await api(`/api/runs/${runId}`);
+    const text = JSON.stringify(run);
+    if (text === lastText) { tail(); return run; }  // nothing new: keep the page as it is
+    lastText = text;
     const label = run.protocol_info ? run.protocol_info.label : run.protocol;
     const running = run.state === "running" || run.state === "queued";
     const message = el("div", { class: "status-line", id: "action-status" });
@@ -102,6 +106,11 @@ export async function showRun(view, runId) {
         el("div", { class: "panel" }, el("h2", {}, "Parameters"), paramTable(run)),
         el("div", {}, el("div", { class: "panel" }, el("h2", {}, "Inputs"), inputsBlock(run)),
           el("div", { class: "panel" }, el("h2", {}, "Outputs"), outputsBlock(run)))),
+      run.pictures.length ? el("div", { class: "panel" }, el("h2", {}, "Pictures"),
+        el("div", { class: "pictures" }, run.pictures.map((path) => el("figure", {},
+          el("a", { href: `/api/file?path=${encodeURIComponent(path)}`, target: "_blank" },
+            el("img", { src: `/api/file?path=${encodeURIComponent(path)}`, alt: path, loading: "lazy" })),
+          el("figcaption", { class: "muted" }, path.split("/").pop()))))) : "",
       el("div", { class: "panel" }, el("h2", {}, "Items"), journalTable(run)),
       el("div", { class: "panel" }, el("h2", {}, "Log ", el("span", { class: "muted" }, `${run.folder}/logs/run.log`)), log),
       el("div", { class: "panel" }, provenanceBlock(run)));
