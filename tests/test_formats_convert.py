@@ -45,11 +45,16 @@ def test_aretomo_aln_to_imod_cli(tmp_path):
 
 
 def test_cli_error_is_one_line_and_nonzero(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "tomoweave.cli", "convert", str(ALN), "--to", "dynamo",
-         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert result.stderr.strip().startswith("error:") and "particle table" in result.stderr
+    from typer.testing import CliRunner
+
+    from tomoweave.cli import app
+
+    result = CliRunner().invoke(app, ["convert", str(ALN), "--to", "dynamo",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    message = result.stderr if hasattr(result, "stderr") else result.output
+    assert message.strip().startswith("error:") and "particle table" in message
+    assert len(message.strip().splitlines()) == 1
 
 
 def _particles(count: int, seed: int, tomogram: str = "TS_01") -> list[Particle]:
