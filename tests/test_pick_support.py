@@ -72,3 +72,25 @@ def degrade(signal, rng, snr, tilt_range_deg=(-60.0, 60.0), contrast=-1.0):
     weight = wedge_mask(signal.shape, *tilt_range_deg)
     out = scipy.fft.irfftn(scipy.fft.rfftn(noisy) * weight, s=signal.shape)
     return out.astype(np.float32)
+
+
+def simulated_wbp_tomogram(folder, binning: int = 2, preset: str = "test", seed: int = 0):
+    """Simulate ``preset`` and reconstruct it by WBP with the true alignment.
+
+    Returns (tomogram [z, y, x] float32, pixel size Å, SeriesTruth). The tomogram keeps the
+    microscope's contrast (protein dark), noise and CTF: what template matching meets.
+    """
+    from tomoweave.algorithms import reconstruction
+    from tomoweave.algorithms.binning import fourier_bin_image
+    from tomoweave.sim import simulate_dataset
+
+    data = simulate_dataset(folder, preset, seed=seed, n_series=1)
+    series = data.series[0]
+    truth = series.truth()
+    stack, pixel_size_a = read_mrc(series.stack_path)
+    pixel_size_a = (pixel_size_a or truth.pixel_size_a) * binning
+    images = [fourier_bin_image(image - image.mean(), binning) for image in stack]
+    geometry = reconstruction.make_geometry(truth.projection_matrices(), images[0].shape,
+                                            pixel_size_a, truth.thickness_a)
+    tomogram = reconstruction.reconstruct_wbp(lambda i: images[i], geometry)
+    return tomogram, pixel_size_a, truth

@@ -23,18 +23,22 @@ def position_to_voxel(positions_a: np.ndarray, shape_zyx: tuple[int, int, int],
     return positions / pixel_size_a + np.array(shape_zyx[::-1]) // 2
 
 
-def fourier_crop(volume: np.ndarray, box_px: int) -> np.ndarray:
-    """Downsample a cubic volume to ``box_px`` by cropping its spectrum (centre stays N // 2)."""
-    size = volume.shape[0]
-    if box_px == size:
+def fourier_crop(volume: np.ndarray, size: int | tuple[int, ...]) -> np.ndarray:
+    """Downsample a volume to ``size`` (int: a cube) by cropping its spectrum.
+
+    Index N // 2 stays the centre on every axis, so positions in Å from the centre keep their
+    meaning: this is Fourier binning of a box or of a whole tomogram.
+    """
+    shape = (size,) * volume.ndim if isinstance(size, int | np.integer) else tuple(size)
+    if shape == volume.shape:
         return volume.astype(np.float32)
-    if box_px > size:
-        raise ValueError(f"fourier_crop: cannot enlarge {size} to {box_px}")
+    if any(n > m for n, m in zip(shape, volume.shape, strict=True)):
+        raise ValueError(f"fourier_crop: cannot enlarge {volume.shape} to {shape}")
     spectrum = scipy.fft.fftshift(scipy.fft.fftn(volume, workers=-1))
-    low = size // 2 - box_px // 2
-    cropped = spectrum[low:low + box_px, low:low + box_px, low:low + box_px]
-    out = scipy.fft.ifftn(scipy.fft.ifftshift(cropped), workers=-1).real
-    return (out * (box_px / size) ** 3).astype(np.float32)
+    region = tuple(slice(m // 2 - n // 2, m // 2 - n // 2 + n)
+                   for n, m in zip(shape, volume.shape, strict=True))
+    out = scipy.fft.ifftn(scipy.fft.ifftshift(spectrum[region]), workers=-1).real
+    return (out * (np.prod(shape) / np.prod(volume.shape))).astype(np.float32)
 
 
 def extract_subvolume(volume: np.ndarray, centre_xyz_px: np.ndarray, box_px: int,
