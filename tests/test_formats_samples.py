@@ -149,3 +149,15 @@ def test_ctf_files(tmp_path):
     assert len(dose) == 35 and dose[0] == pytest.approx(60.165)
     ctffind.write_value_list(tmp_path / "dose.txt", dose)
     assert np.allclose(ctffind.read_value_list(tmp_path / "dose.txt"), dose, rtol=1e-5)
+
+
+def test_ctfplotter_version3_flags(tmp_path):
+    path = tmp_path / "v3.defocus"
+    path.write_text("15 0 0.0 0.0 0.0 3\n1 1 -60.0 -60.0 3000.0 2900.0 1.5707963 0.5\n"
+                    "2 2 -57.0 -57.0 3010.0 2950.0 0.0 0.0\n")
+    first, second = ctffind.read_imod_defocus(path)
+    assert first.ctf.defocus_u_a == pytest.approx(30000.0)
+    assert first.ctf.defocus_v_a == pytest.approx(29000.0)
+    assert first.ctf.astigmatism_angle_deg == pytest.approx(90.0)  # flag 2: radians
+    assert first.ctf.phase_shift_deg == pytest.approx(np.degrees(0.5))  # flag 8: radians
+    assert (second.start_view, second.start_tilt_deg) == (2, -57.0)

@@ -102,36 +102,51 @@ class DefocusEntry:
 
 
 def read_imod_defocus(path: str | Path) -> list[DefocusEntry]:
-    """Read a ctfplotter .defocus file (version 2: one defocus; version 3: astigmatism/phase).
+    """Read a ctfplotter .defocus file.
 
-    Version 2: ``view1 view2 tilt1 tilt2 defocus_nm`` with the version number after the first
-    line's values. Version 3: a first line ``flags 0 0 0 0 3`` (flag 1 = astigmatism,
-    4 = phase shift, 16 = cut-on), then ``view1 view2 tilt1 tilt2 df1_nm df2_nm angle [phase]``.
+    Version 2: ``view1 view2 tilt1 tilt2 defocus_nm`` (the version after the first line's
+    values). Version 3: a header line starting with the flags (1 astigmatism, 2 astigmatism angle
+    in radians, 4 phase shift, 8 phase in radians, 16 inverted tilt angles, 32 cut-on frequency;
+    as ctfphaseflip documents), then ``view1 view2 tilt1 tilt2 df1_nm df2_nm angle [phase]
+    [cut-on]``. Like ctfphaseflip, a file is version 3 when its data lines have more than five
+    columns or its first line is such a header.
     """
     path = Path(path)
     lines = [(n, line) for n, line in enumerate(_lines(path), start=1) if line.strip()]
     if not lines:
         raise CtfFormatError(f"{path.name}: empty file, expected ctfplotter defocus lines")
-    first = _floats(path, lines[0][0], lines[0][1], 5, "view1 view2 tilt1 tilt2 defocus")
-    flags = 0
-    if len(first) in (5, 6) and not any(first[1:-1]) and first[-1] >= 3:
-        flags, lines = int(first[0]), lines[1:]  # version 3 header: flags 0 0 0 0 version
+    first = _floats(path, lines[0][0], lines[0][1], 1, "view1 view2 tilt1 tilt2 defocus")
+    second_width = len(lines[1][1].split()) if len(lines) > 1 else 5
+    header = (len(first) in (5, 6) and not any(first[1:-1]) and first[-1] >= 3) or (
+        second_width > 5 and len(first) <= 6 and float(first[0]).is_integer())
+    flags = int(first[0]) if header else 0
+    if header:
+        lines = lines[1:]
     entries = []
     for number, line in lines:
         values = _floats(path, number, line, 5, "view1 view2 tilt1 tilt2 defocus_nm")
-        defocus_u = values[4] * 10.0
-        defocus_v, angle, phase = defocus_u, 0.0, 0.0
-        if flags & 1:
-            if len(values) < 7:
-                raise CtfFormatError(f"{path.name}: line {number}: astigmatism flag set; "
-                                     f"expected defocus1 defocus2 angle, got {len(values)} columns")
-            defocus_v, angle = values[5] * 10.0, values[6]
-        if flags & 4:
-            phase = values[7 if flags & 1 else 5]
         entries.append(DefocusEntry(int(values[0]), int(values[1]), values[2], values[3],
-                                    CtfTilt(defocus_u_a=defocus_u, defocus_v_a=defocus_v,
-                                            astigmatism_angle_deg=angle, phase_shift_deg=phase)))
+                                    _defocus_ctf(path, number, values, flags)))
     return entries
+
+
+def _defocus_ctf(path: Path, number: int, values: list[float], flags: int) -> CtfTilt:
+    defocus_u = values[4] * 10.0
+    defocus_v, angle, phase = defocus_u, 0.0, 0.0
+    if flags & 1:
+        if len(values) < 7:
+            raise CtfFormatError(f"{path.name}: line {number}: astigmatism flag set; expected "
+                                 f"defocus1 defocus2 angle, got {len(values)} columns")
+        defocus_v, angle = values[5] * 10.0, values[6]
+        angle = math.degrees(angle) if flags & 2 else angle
+    if flags & 4:
+        column = 7 if flags & 1 else 5
+        if len(values) <= column:
+            raise CtfFormatError(f"{path.name}: line {number}: phase-shift flag set; expected "
+                                 f"column {column + 1}, got {len(values)} columns")
+        phase = math.degrees(values[column]) if flags & 8 else values[column]
+    return CtfTilt(defocus_u_a=defocus_u, defocus_v_a=defocus_v, astigmatism_angle_deg=angle,
+                   phase_shift_deg=phase)
 
 
 def defocus_entries_per_view(entries: Sequence[DefocusEntry], view_count: int) -> list[CtfTilt]:
