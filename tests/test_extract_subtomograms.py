@@ -64,7 +64,7 @@ def test_extraction_centres_particles_picked_at_bin4(truth_volume, binning):
         picked_a = (voxel4 - bin4_shape_xyz // 2) * bin4_pixel
         box = extraction.extract_particles(volume, pixel, picked_a, box_px, normalise=False)[0]
         offset_a = np.array(particle.position_a) - picked_a  # where the particle really is
-        expected = np.zeros_like(reference)
+        expected = np.zeros((box_px,) * 3, dtype=np.float32)
         add_particle(expected, pixel, load_template("4v4r", pixel), np.zeros(3),
                      np.array(particle.rotation), 1.0)
         # the particle sits at offset_a from the box centre: measure it against the centred copy
