@@ -19,9 +19,17 @@ import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
 from tomoweave.api import Project
-from tomoweave.engine import Input, Output, ProcessContext, Protocol
+from tomoweave.engine import Input, Output, ProcessContext, Protocol, Task
 from tomoweave.engine.registry import register_protocol
-from tomoweave.model import Average, TiltSeries, Tomogram
+from tomoweave.formats.mrc import write_mrc
+from tomoweave.model import (
+    Acquisition,
+    Average,
+    TiltAlignment,
+    TiltImage,
+    TiltSeries,
+    Tomogram,
+)
 from tomoweave.sim import load_truth
 from tomoweave.web import create_app
 
@@ -93,6 +101,41 @@ class TrueAverage(Protocol):
             name=f"{item.name}_average", path=item.path, pixel_size_a=item.pixel_size_a,
             size_xyz=item.size_xyz, fsc_frequency_inv_a=frequency.tolist(), fsc=fsc.tolist(),
             resolution_a=item.pixel_size_a / 0.36, particle_count=4)}
+
+
+DOT_ALIGNED_A = (100.0, 50.0)  # where the dot is in the aligned frame (tilt axis along Y)
+DOT_Z_ROT_DEG = 25.0
+DOT_SHIFTS_A = [(40.0, -60.0), (-30.0, 20.0), (10.0, 70.0)]
+
+
+class AlignedDots(Protocol):
+    """Test fixture: 3 tilts of 64² px at 10 Å/px, each with one bright dot placed where the
+    projection model (image = Rz · aligned + shift) puts the aligned point DOT_ALIGNED_A."""
+
+    name = "webtest.aligned_dots"
+    outputs = {"tilt_series": Output(TiltSeries)}
+
+    def plan(self, params, inputs) -> list[Task]:
+        return [Task(key="DOTS", payload={})]
+
+    def process(self, payload, params, context: ProcessContext) -> dict:
+        angle = np.radians(DOT_Z_ROT_DEG)
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        stack = np.zeros((3, 64, 64), np.float32)
+        tilts = []
+        for index, (shift, tilt_deg) in enumerate(zip(DOT_SHIFTS_A, (-30, 0, 30), strict=True)):
+            x, y = np.rint((rotation @ DOT_ALIGNED_A + shift) / 10.0 + 32).astype(int)
+            stack[index, y - 1:y + 2, x - 1:x + 2] = 10.0
+            tilts.append(TiltImage(tilt_deg=tilt_deg, acquisition_order=index, image_index=index,
+                                   alignment=TiltAlignment(y_tilt_deg=tilt_deg,
+                                                           z_rot_deg=DOT_Z_ROT_DEG,
+                                                           shift_x_a=shift[0],
+                                                           shift_y_a=shift[1])))
+        path = write_mrc(context.output_path("DOTS.mrc"), stack, 10.0)
+        for tilt in tilts:
+            tilt.image_path = context.relative(path)
+        return {"tilt_series": TiltSeries(name="DOTS", acquisition=Acquisition(pixel_size_a=10.0),
+                                          image_size_xy=(64, 64), tilts=tilts)}
 
 
 def make_simulated_project(root):
@@ -311,3 +354,42 @@ def test_average_viewer_shows_slices_and_fsc(served, page, test_output_dir):
     assert widths == [[size[0], size[1]], [size[0], size[2]], [size[1], size[2]]]
     expect(page.locator(".page-head")).to_contain_text("FSC 0.143")
     page.screenshot(path=test_output_dir / "10_average.png", full_page=True)
+
+
+def _white_centroid(page) -> tuple[float, float]:
+    """Centroid of the white pixels of the tilt canvas (the dot), canvas pixels from its centre."""
+    return tuple(page.evaluate("""() => {
+        const c = document.querySelector('#tilt-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let sx = 0, sy = 0, n = 0;
+        for (let i = 0; i < d.length; i += 4) {
+            if (d[i] > 230 && d[i + 1] > 230 && d[i + 2] > 230) {
+                const p = i / 4; sx += p % c.width; sy += Math.floor(p / c.width); n++;
+            }
+        }
+        return [sx / n + 0.5 - c.width / 2, sy / n + 0.5 - c.height / 2];
+    }"""))
+
+
+def test_tilt_viewer_applies_the_alignment(served, page, test_output_dir):
+    register_protocol(AlignedDots)
+    dots = served["project"].run(AlignedDots.name, executor="inline")
+    page.goto(served["url"] + f"#/tiltseries/{dots.id}/tilt_series/DOTS")
+    canvas = page.locator("#tilt-canvas")
+    for position, shift in ((0, DOT_SHIFTS_A[0]), (2, DOT_SHIFTS_A[2])):
+        page.locator("#tilt-slider").fill(str(position))
+        expect(canvas).to_have_attribute("data-tilt", str((-30, 0, 30)[position]))
+        scale = float(canvas.get_attribute("data-scale"))
+        expect(page.locator("#apply-alignment")).to_be_checked()
+        x, y = _white_centroid(page)  # aligned: the dot sits at its aligned position
+        assert abs(x - scale * DOT_ALIGNED_A[0] / 10) < 0.6 * scale, (x, y, scale)
+        assert abs(y - scale * DOT_ALIGNED_A[1] / 10) < 0.6 * scale, (x, y, scale)
+        page.screenshot(path=test_output_dir / f"11_aligned_{position}.png")
+        page.locator("#apply-alignment").uncheck()
+        expect(canvas).to_have_attribute("data-aligned", "false")
+        angle = np.radians(DOT_Z_ROT_DEG)
+        raw = (np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+               @ DOT_ALIGNED_A + shift) / 10
+        x, y = _white_centroid(page)  # raw: where the microscope recorded it
+        assert abs(x - scale * raw[0]) < 0.8 * scale and abs(y - scale * raw[1]) < 0.8 * scale
+        page.locator("#apply-alignment").check()

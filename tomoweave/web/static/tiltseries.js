@@ -35,7 +35,8 @@ export async function showTiltSeries(view, runId, output, key) {
       ctx.rotate(-a.z_rot_deg * Math.PI / 180);
       ctx.translate(-a.shift_x_a / pix / st.binning, -a.shift_y_a / pix / st.binning);
     }
-    ctx.drawImage(image, -Math.floor(image.width / 2), -Math.floor(image.height / 2));
+    // pixel N//2's centre (the geometry's origin) lands on the canvas centre
+    ctx.drawImage(image, -Math.floor(image.width / 2) - 0.5, -Math.floor(image.height / 2) - 0.5);
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     // the tilt axis: vertical once aligned, at the nominal angle otherwise
     const axisDeg = st.apply && a ? 0 : (a ? a.z_rot_deg : series.acquisition.tilt_axis_deg);
@@ -88,13 +89,18 @@ export async function showTiltSeries(view, runId, output, key) {
         canvas.height = Math.round(aspect > 1 ? side : side * aspect);
         draw();
         canvas.dataset.tilt = String(tilt.tilt_deg);
+        canvas.dataset.scale = String(Math.min(canvas.width / image.width, canvas.height / image.height) / binning);
       };
       image.src = url;
     }).catch((error) => { facts.append(el("dd", { class: "error-text" }, error.message)); });
   }
 
   slider.addEventListener("input", () => { st.position = Number(slider.value); load(); });
-  applyBox.addEventListener("change", () => { st.apply = applyBox.checked; draw(); });
+  applyBox.addEventListener("change", () => {
+    st.apply = applyBox.checked;
+    draw();
+    canvas.dataset.aligned = String(st.apply);
+  });
   view.append(
     el("div", { class: "page-head" }, el("div", {}, el("h1", {}, `Tilt series ${key}`),
       el("p", {}, el("a", { href: `#/run/${runId}` }, `${run.name}.${output}`),
