@@ -132,3 +132,29 @@ def test_relion5_subtomogram_frame_and_origin_follow_particle_set(tmp_path):
     expected = frame @ relion_zyz_to_matrix(10.0, 80.0, -30.0)
     assert rotation_angle_between_deg(particle.rotation_matrix, expected) < 1e-6
     assert np.allclose(particle.position_a, np.array([100.0, -50.0, 20.0]) - frame @ [3, -2, 1])
+
+
+def test_aln_dark_frames_stay_as_excluded_tilts(tmp_path):
+    lines = ALN.read_text().splitlines()
+    # the same alignment as if AreTomo had removed two dark frames from a 63-image stack
+    lines[1] = "# RawSize = 4096 4096 63"
+    lines.insert(3, "# DarkFrame =     0    0   -65.20")
+    lines.insert(4, "# DarkFrame =    62    0    58.80")
+    source = tmp_path / "dark.aln"
+    source.write_text("\n".join(lines) + "\n")
+    (series,) = load(source).series
+    assert len(series.tilts) == 63
+    assert [i for i, t in enumerate(series.tilts) if t.excluded] == [0, 62]
+    assert series.tilts[0].tilt_deg == -65.2 and series.tilts[0].alignment is None
+    assert series.tilts[1].alignment.y_tilt_deg == pytest.approx(-63.2)
+    written = convert(source, "aretomo", tmp_path / "again")
+    again = load(written[0]).series[0]
+    assert [t.excluded for t in again.tilts] == [t.excluded for t in series.tilts]
+    for a, b in zip(series.tilts, again.tilts, strict=True):
+        if a.alignment is not None:
+            assert b.alignment.shift_x_a == pytest.approx(a.alignment.shift_x_a, abs=1e-4)
+            assert b.alignment.z_rot_deg == pytest.approx(a.alignment.z_rot_deg, abs=1e-4)
+    convert(source, "imod", tmp_path / "imod")
+    xf = read_xf(tmp_path / "imod" / "dark.xf")
+    assert xf.shape == (63, 2, 3)  # IMOD needs a line per section, dark ones nominal
+    assert np.abs(xf[1:62] - read_xf(ALN.with_suffix(".xf"))).max() < SHIFT_TOL_PX

@@ -19,7 +19,15 @@ from tomoweave.formats.imod_extra import read_imod_particles, write_imod_particl
 from tomoweave.formats.mdoc import read_mdoc
 from tomoweave.formats.star_io import read_star_blocks
 from tomoweave.geometry.projection import tilt_axis_to_z_rot_deg
-from tomoweave.model import Acquisition, Particle, TiltImage, TiltSeries, Tomogram, Volume
+from tomoweave.model import (
+    Acquisition,
+    Particle,
+    TiltAlignment,
+    TiltImage,
+    TiltSeries,
+    Tomogram,
+    Volume,
+)
 
 TARGETS = ("relion5", "relion4", "imod", "aretomo", "warp", "dynamo", "eman", "copick", "ctffind")
 
@@ -153,15 +161,38 @@ def _load_aln(path: Path, options: ConvertOptions) -> Loaded:
     if options.tilts_file:
         aretomo.check_tilt_count(aln, len(imod.read_tilt_angles(options.tilts_file)),
                                  Path(options.tilts_file).name)
-    series = _bare_series(options.name or path.stem, aln.tilt_angles_deg, options,
-                          aln.raw_size_xyz[:2])
-    for tilt, alignment in zip(series.tilts, aretomo.aln_to_alignments(aln, series.pixel_size_a),
-                               strict=True):
-        tilt.alignment = alignment
+    dark = {index: tilt for index, _, tilt in aln.dark_frames}
+    with_dark = bool(dark) and aln.raw_size_xyz[2] == len(aln.global_rows) + len(dark)
+    # with its dark frames the series has the raw stack's sections: they stay, excluded
+    count = aln.raw_size_xyz[2] if with_dark else len(aln.global_rows)
+    rows = iter(range(len(aln.global_rows)))
+    row_of = {i: None if (with_dark and i in dark) else next(rows) for i in range(count)}
+    angles = [aln.tilt_angles_deg[r] if r is not None else dark[i] for i, r in row_of.items()]
+    series = _bare_series(options.name or path.stem, angles, options, aln.raw_size_xyz[:2])
+    alignments = aretomo.aln_to_alignments(aln, series.pixel_size_a)
+    for index, tilt in enumerate(series.tilts):
+        if row_of[index] is None:
+            tilt.excluded = True
+        else:
+            tilt.alignment = alignments[row_of[index]]
     ctf_file = path.with_name(f"{path.stem}_CTF.txt")
     if ctf_file.is_file():
-        _attach_ctfs(series, ctffind.read_ctffind_txt(ctf_file), ctf_file)
+        ctfs = ctffind.read_ctffind_txt(ctf_file)
+        if len(ctfs) == len(aln.global_rows) and with_dark:  # AreTomo fits the kept tilts only
+            ctfs = iter(ctfs)
+            for index, tilt in enumerate(series.tilts):
+                tilt.ctf = next(ctfs) if row_of[index] is not None else None
+        else:
+            _attach_ctfs(series, ctfs, ctf_file)
     return Loaded(series=[series])
+
+
+def _alignments_or_nominal(series: TiltSeries) -> list:
+    """Every tilt's alignment; tilts left out of the alignment (excluded) get the nominal one,
+    since IMOD and AreTomo need a line per section."""
+    nominal_z = nominal_z_rot_deg(series)
+    return [t.alignment or TiltAlignment(y_tilt_deg=t.tilt_deg, z_rot_deg=nominal_z)
+            for t in series.tilts]
 
 
 def _tilts_beside(path: Path, options: ConvertOptions) -> Path:
@@ -389,7 +420,7 @@ def _write_imod(loaded: Loaded, out: Path, options: ConvertOptions) -> list[Path
         imod.write_tilt_angles(base.with_suffix(".rawtlt"), [t.tilt_deg for t in series.tilts])
         written.append(base.with_suffix(".rawtlt"))
         if series.is_aligned:
-            alignments = [t.alignment for t in series.tilts]
+            alignments = _alignments_or_nominal(series)
             imod.write_xf(base.with_suffix(".xf"),
                           imod.alignments_to_xf(alignments, series.pixel_size_a))
             imod.write_tilt_angles(base.with_suffix(".tlt"), [a.y_tilt_deg for a in alignments])
@@ -411,14 +442,18 @@ def _write_imod(loaded: Loaded, out: Path, options: ConvertOptions) -> list[Path
 def _write_aretomo(loaded: Loaded, out: Path, options: ConvertOptions) -> list[Path]:
     written = []
     for series in loaded.series:
+        dark_index = {i for i, t in enumerate(series.tilts) if t.excluded and t.alignment is None}
+        kept = [t for i, t in enumerate(series.tilts) if i not in dark_index]
         if series.is_aligned:
-            count = len(series.tilts)
-            aln = aretomo.alignments_to_aln([t.alignment for t in series.tilts],
-                                            series.pixel_size_a, (*series.image_size_xy, count))
+            # tilts excluded without an alignment are AreTomo's dark frames
+            dark = [(i, 0, series.tilts[i].tilt_deg) for i in sorted(dark_index)]
+            aln = aretomo.alignments_to_aln(
+                [t.alignment for t in kept], series.pixel_size_a,
+                (*series.image_size_xy, len(series.tilts)), dark)
             aretomo.write_aln(out / f"{series.name}.aln", aln)
             written.append(out / f"{series.name}.aln")
-        if all(t.ctf is not None for t in series.tilts):
-            ctffind.write_ctffind_txt(out / f"{series.name}_CTF.txt", [t.ctf for t in series.tilts])
+        if kept and all(t.ctf is not None for t in kept):
+            ctffind.write_ctffind_txt(out / f"{series.name}_CTF.txt", [t.ctf for t in kept])
             written.append(out / f"{series.name}_CTF.txt")
     if not written:
         raise ConversionError("AreTomo export writes alignments and CTFs; the source has neither")
