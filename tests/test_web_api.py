@@ -314,3 +314,23 @@ def test_launch_stop_and_resume_a_run(client, web_project, tmp_path):
     assert client.post(f"/api/runs/{run_id}/stop").json()["state"] == "interrupted"
     log = client.get(f"/api/runs/{run_id}/log").json()
     assert log["text"].count("started; parameters") == 2
+
+
+def test_rerun_with_changed_parameters_updates_the_named_run(client, web_project):
+    project = web_project["project"]
+    body = {"protocol": "tiltseries.bin", "inputs": {"tilt_series": web_project["imported"].name},
+            "params": {"binning": 2}, "name": "binned-for-rerun", "launch": False}
+    first = client.post("/api/runs", json=body)
+    assert first.status_code == 200
+    project.execute(project.get_run("binned-for-rerun"), "inline")
+    assert project.items("binned-for-rerun")[0].pixel_size_a == 2 * PIXEL_SIZE_A
+    again = client.post("/api/runs", json={**body, "params": {"binning": 4}})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert again.json()["state"] == "queued"
+    project.execute(project.get_run("binned-for-rerun"), "inline")
+    assert project.items("binned-for-rerun")[0].pixel_size_a == 4 * PIXEL_SIZE_A
+    details = client.get(f"/api/runs/{first.json()['id']}").json()
+    assert details["params"] == {"binning": 4.0} and details["journal"][0]["attempts"] == 2
+    other = client.post("/api/runs", json={**body, "protocol": "pick.manual", "inputs": {
+        "tomograms": web_project["tomograms"].name}, "params": {}})
+    assert other.status_code == 422 and other.json()["detail"]["errors"][0]["field"] == "name"

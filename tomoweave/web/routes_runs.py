@@ -93,6 +93,9 @@ def _create(access, body: RunRequest):
     project = access.project()
     if body.name:
         existing = project.catalog.run_by_name(body.name)
+        if existing is not None and existing.protocol != body.protocol:
+            raise field_error("name", f"run '{body.name}' exists and runs {existing.protocol}; "
+                              f"choose another name")
         if existing is not None and project.get_run(body.name).state == "running":
             raise field_error("name", f"run '{body.name}' is running; stop it first", 409)
     try:
