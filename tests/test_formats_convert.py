@@ -1,8 +1,6 @@
 """Conversions through the model: AreTomo -> IMOD against AreTomo's own IMOD files (API and CLI),
 particle tables between Dynamo, RELION 5/4, EMAN2, copick and IMOD models."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +34,12 @@ def test_aretomo_aln_to_imod_matches_aretomo_output(tmp_path):
 
 
 def test_aretomo_aln_to_imod_cli(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "tomoweave.cli", "convert", str(ALN), "--to", "imod",
-         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    from typer.testing import CliRunner
+
+    from tomoweave.cli import app
+
+    result = CliRunner().invoke(app, ["convert", str(ALN), "--to", "imod", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
     assert "global_no_local.xf" in result.stdout
     _check_against_aretomo(tmp_path)
 
