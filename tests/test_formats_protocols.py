@@ -162,3 +162,33 @@ def test_relion5_round_trip_in_project_links_the_stack(project, tmp_path, stack_
     data, _ = read_mrc(project.path(series.tilts[3].image_path))
     assert np.array_equal(data, read_mrc(stack)[0])
     assert series.pixel_size_a == pytest.approx(3.0)
+
+
+def test_import_relion_subtomograms(project, tmp_path):
+    import pandas as pd
+
+    from tomoweave.formats.mrc import read_mrc, write_mrc
+    from tomoweave.formats.star_io import write_star_blocks
+
+    folder = tmp_path / "relion" / "Extract" / "job010" / "Subtomograms" / "TS_01"
+    rows = []
+    for index in range(3):
+        write_mrc(folder / f"{index + 1}_data.mrc", np.full((8, 8, 8), index, np.float32), 6.0)
+        write_mrc(folder / f"{index + 1}_weights.mrc", np.ones((8, 8, 8), np.float32), 6.0)
+        rows.append({"rlnTomoName": "TS_01", "rlnCoordinateX": 10.0 + index,
+                     "rlnCoordinateY": 20.0, "rlnCoordinateZ": 5.0,
+                     "rlnImageName": f"Extract/job010/Subtomograms/TS_01/{index + 1}_data.mrc",
+                     "rlnCtfImage": f"Extract/job010/Subtomograms/TS_01/{index + 1}_weights.mrc",
+                     "rlnAngleRot": 0.0, "rlnAngleTilt": 0.0, "rlnAnglePsi": 0.0})
+    star = tmp_path / "relion" / "Refine3D" / "job020" / "run_data.star"
+    write_star_blocks(star, {"optics": pd.DataFrame([{"rlnImagePixelSize": 6.0}]),
+                             "particles": pd.DataFrame(rows)})
+    run = project.run("import.relion4", params={"files": [str(star)], "pixel_size_a": 6.0,
+                                                "tomo_size_xyz": [64, 64, 32]}, executor="inline")
+    subtomograms = project.items(run, "subtomograms")
+    assert [s.box_size_px for s in subtomograms] == [8, 8, 8]
+    assert subtomograms[1].particle.position_a == pytest.approx(((11 - 32) * 6.0, (20 - 32) * 6.0,
+                                                                 (5 - 16) * 6.0))
+    data, pixel = read_mrc(project.path(subtomograms[2].path))
+    assert data.mean() == 2.0 and pixel == pytest.approx(6.0)
+    assert project.path(subtomograms[0].weight_path).is_file()

@@ -22,6 +22,7 @@ from tomoweave.geometry.projection import tilt_axis_to_z_rot_deg
 from tomoweave.model import (
     Acquisition,
     Particle,
+    Subtomogram,
     TiltAlignment,
     TiltImage,
     TiltSeries,
@@ -53,6 +54,7 @@ class Loaded:
     particles: list[Particle] = field(default_factory=list)
     tomograms: list[Tomogram] = field(default_factory=list)  # paths: absolute, MRC or OME-Zarr
     volumes: list[Volume] = field(default_factory=list)  # paths: absolute, MRC or .em
+    subtomograms: list[Subtomogram] = field(default_factory=list)  # paths: absolute
     source_format: str = ""
 
 
@@ -115,8 +117,8 @@ def load(path: str | Path, options: ConvertOptions | None = None) -> Loaded:
         "relion5-optimisation-set": _load_optimisation_set, "mdoc": _load_mdoc,
         "ctffind": _load_ctffind, "imod-defocus": _load_defocus,
         "ome-zarr": _load_ome_zarr, "em-volume": _load_em,
-        "relion5-particles": lambda p, o: Loaded(particles=rp.read_relion5_particles(p)),
-        "relion4-particles": lambda p, o: Loaded(particles=rp.read_relion4_particles(
+        "relion5-particles": lambda p, o: _with_subtomograms(p, rp.read_relion5_particles(p)),
+        "relion4-particles": lambda p, o: _with_subtomograms(p, rp.read_relion4_particles(
             p, o.pixel_size_a, _need(o.tomo_size_xyz, "--tomo-size X Y Z", p))),
         "warp-particles": lambda p, o: Loaded(particles=warp.read_warp_particles(
             p, _pixel(o, p), _need(o.tomo_size_xyz, "--tomo-size X Y Z", p), _pixel(o, p))),
@@ -135,6 +137,11 @@ def load(path: str | Path, options: ConvertOptions | None = None) -> Loaded:
     loaded = readers[kind](path, options)
     loaded.source_format = kind
     return loaded
+
+
+def _with_subtomograms(path: Path, particles: list[Particle]) -> Loaded:
+    return Loaded(particles=particles,
+                  subtomograms=rp.read_relion_subtomograms(path, particles))
 
 
 def _need(value, flag: str, path: Path):

@@ -226,3 +226,50 @@ def write_relion4_particles(
     optics = _optics(pixel_size_a, voltage_kv, cs_mm, amplitude_contrast)
     optics["rlnImagePixelSize"] = pixel_size_a
     write_star_blocks(path, {"optics": optics, "particles": pd.DataFrame(table)})
+
+
+def read_relion_subtomograms(path: str | Path, particles: Sequence[Particle]) -> list:
+    """Subtomograms named by ``rlnImageName`` (3D MRC volumes, with ``rlnCtfImage`` weights),
+    for the particles read from the same STAR file in the same order.
+
+    Files are looked for as written, relative to the STAR file and to up to four folders above
+    it (RELION writes paths relative to its project). RELION 5's 2D pseudo-subtomogram stacks
+    (``rlnTomoSubTomosAre2DStacks``) and files not found are skipped.
+    """
+    from tomoweave.formats.mrc import MrcError, mrc_header_info
+    from tomoweave.model import Subtomogram
+
+    path = Path(path)
+    block, table, blocks = _particles_block(path)
+    general = blocks.get("general")
+    stacks_2d = isinstance(general, dict) and int(general.get("rlnTomoSubTomosAre2DStacks", 0))
+    if "rlnImageName" not in table.columns or stacks_2d:
+        return []
+    base = path.resolve().parent
+    pixel = _optics_pixel_size(blocks)
+    subtomograms = []
+    for row, particle in enumerate(particles):
+        volume = _find(base, str(table["rlnImageName"].iloc[row]))
+        if volume is None:
+            continue
+        try:
+            info = mrc_header_info(volume)
+        except MrcError:
+            continue
+        if len(info["shape"]) != 3:
+            continue
+        weight = (_find(base, str(table["rlnCtfImage"].iloc[row]))
+                  if "rlnCtfImage" in table.columns else None)
+        subtomograms.append(Subtomogram(
+            name=particle.name, particle=particle, path=str(volume),
+            weight_path=str(weight) if weight else None,
+            pixel_size_a=info["pixel_size_a"] or pixel or 1.0, box_size_px=info["shape"][-1]))
+    return subtomograms
+
+
+def _find(base: Path, written: str) -> Path | None:
+    written = written.split(":")[0]  # RELION's "file.mrc:mrc" type suffix
+    candidate = Path(written)
+    options = [candidate] if candidate.is_absolute() else [
+        *(folder / candidate for folder in [base, *base.parents][:5])]
+    return next((c for c in options if c.is_file()), None)

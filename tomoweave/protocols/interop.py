@@ -27,7 +27,7 @@ from tomoweave.engine import (
 from tomoweave.formats.copick import read_ome_zarr
 from tomoweave.formats.dynamo import read_em
 from tomoweave.formats.mrc import write_mrc
-from tomoweave.model import Particle, TiltSeries, Tomogram, Volume
+from tomoweave.model import Particle, Subtomogram, TiltSeries, Tomogram, Volume
 from tomoweave.protocols.imports import _link, expand_files, series_name
 
 MATCH_TOLERANCE_DEG = 1.0
@@ -61,7 +61,8 @@ class InteropImport(Protocol):
     inputs = {"tilt_series": Input(TiltSeries, mapped=False, optional=True,
                                    help="tilt series to put the imported alignment/CTF on")}
     outputs = {"tilt_series": Output(TiltSeries), "particles": Output(Particle),
-               "tomograms": Output(Tomogram), "volumes": Output(Volume)}
+               "tomograms": Output(Tomogram), "volumes": Output(Volume),
+               "subtomograms": Output(Subtomogram)}
 
     def plan(self, params: InteropImportParams, inputs: dict[str, Any]) -> list[Task]:
         targets = {s.name: s for s in inputs.get("tilt_series", []) or []}
@@ -75,9 +76,12 @@ class InteropImport(Protocol):
             tasks += [Task(key=s.name, payload=_resolve_paths(s, path)) for s in loaded.series]
             tasks += [Task(key=f"tomogram:{t.name}", payload=t) for t in loaded.tomograms]
             tasks += [Task(key=f"volume:{v.name}", payload=v) for v in loaded.volumes]
+            subtomograms = {s.name: s for s in loaded.subtomograms}
             for tomogram, group in _by_tomogram(loaded.particles).items():
                 tasks.append(Task(key=f"particles:{tomogram}", payload={
-                    "particles": [p.model_dump(mode="json") for p in group]}))
+                    "particles": [p.model_dump(mode="json") for p in group],
+                    "subtomograms": [subtomograms[p.name].model_dump(mode="json")
+                                     for p in group if p.name in subtomograms]}))
         if not tasks:
             raise InputError(f"{self.name}: the files hold no tilt series or particles")
         return tasks
@@ -94,7 +98,9 @@ class InteropImport(Protocol):
         if isinstance(payload, dict) and "particles" in payload:
             particles = [Particle.model_validate(p) for p in payload["particles"]]
             context.log(f"{len(particles)} particles of {particles[0].tomogram}")
-            return {**empty, "particles": particles}
+            subtomograms = [_link_subtomogram(Subtomogram.model_validate(s), context)
+                            for s in payload.get("subtomograms", [])]
+            return {**empty, "particles": particles, "subtomograms": subtomograms}
         if isinstance(payload, Tomogram | Volume):
             output = "tomograms" if isinstance(payload, Tomogram) else "volumes"
             return {**empty, output: payload.model_copy(update={
@@ -152,6 +158,15 @@ def _link_files(series: TiltSeries, context: ProcessContext) -> TiltSeries:
         context.log(f"{series.name}: {missing} of {len(copy.tilts)} tilt images not found; "
                     f"give --input tilt_series=RUN to put this alignment on imported stacks")
     return copy
+
+
+def _link_subtomogram(subtomogram: Subtomogram, context: ProcessContext) -> Subtomogram:
+    folder = f"subtomograms/{subtomogram.particle.tomogram}"
+    path = _link(context, subtomogram.path, f"{folder}/{Path(subtomogram.path).name}")
+    weight = (_link(context, subtomogram.weight_path,
+                    f"{folder}/weights/{Path(subtomogram.weight_path).name}")
+              if subtomogram.weight_path else None)
+    return subtomogram.model_copy(update={"path": path, "weight_path": weight})
 
 
 def _as_project_mrc(source: str, name: str, pixel_size_a: float, context: ProcessContext) -> str:
