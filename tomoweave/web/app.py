@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from tomoweave.api import Project
+from tomoweave.engine.registry import protocols
 from tomoweave.web.security import TokenMiddleware
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -29,6 +30,7 @@ class ProjectAccess:
         self._local = threading.local()
         self._children: list[subprocess.Popen] = []
         self._lock = threading.Lock()
+        self._registry_lock = threading.Lock()
 
     def project(self) -> Project:
         project = getattr(self._local, "project", None)
@@ -36,6 +38,11 @@ class ProjectAccess:
             project = Project.open(self.root)
             self._local.project = project
         return project
+
+    def protocols(self) -> dict:
+        """The protocol registry; the first call imports every protocol module (once)."""
+        with self._registry_lock:
+            return protocols()
 
     def project_events_after(self, event_id: int) -> list[dict]:
         return self.project().catalog.events_after(event_id)
@@ -55,6 +62,8 @@ def create_app(project_dir: str | Path, token: str | None = None) -> FastAPI:
     from tomoweave.web import routes_project, routes_runs, routes_viewers
 
     access = ProjectAccess(Path(project_dir))
+    # importing every protocol module takes seconds: start it now, not on the first page
+    threading.Thread(target=access.protocols, name="protocol-registry", daemon=True).start()
     app = FastAPI(title="tomoweave", docs_url="/api/docs", redoc_url=None)
     app.state.access = access
     app.add_middleware(TokenMiddleware, token=token)

@@ -10,7 +10,6 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from tomoweave.engine.registry import protocols
 from tomoweave.inspect_project import run_summary
 
 router = APIRouter(prefix="/api")
@@ -29,13 +28,13 @@ def project_info(request: Request) -> dict[str, Any]:
 
 
 @router.get("/protocols")
-def list_protocols() -> list[dict[str, Any]]:
-    return [cls.describe() for cls in protocols().values()]
+def list_protocols(request: Request) -> list[dict[str, Any]]:
+    return [cls.describe() for cls in access_of(request).protocols().values()]
 
 
 @router.get("/protocols/{name}")
-def describe_protocol(name: str) -> dict[str, Any]:
-    known = protocols()
+def describe_protocol(request: Request, name: str) -> dict[str, Any]:
+    known = access_of(request).protocols()
     if name not in known:
         raise HTTPException(404, f"unknown protocol '{name}'")
     return known[name].describe()

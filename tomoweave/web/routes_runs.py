@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tomoweave.engine.errors import TomoweaveError
 from tomoweave.engine.executors import EXECUTOR_NAMES
-from tomoweave.engine.registry import get_protocol, protocols
 from tomoweave.inspect_project import run_summary
 from tomoweave.web.routes_project import access_of
 
@@ -52,9 +51,8 @@ def field_error(field: str | None, message: str, status: int = 422) -> HTTPExcep
                                   "errors": [{"field": field, "message": message}]})
 
 
-def validate_run_request(body: RunRequest) -> type:
+def validate_run_request(body: RunRequest, known: dict[str, type]) -> type:
     """Check protocol, name, executor and parameters; 422 naming the first bad field."""
-    known = protocols()
     if body.protocol not in known:
         raise field_error("protocol", f"unknown protocol '{body.protocol}'")
     protocol_class = known[body.protocol]
@@ -89,7 +87,7 @@ def _input_field(message: str, protocol_class, given: dict[str, Any]) -> str | N
 
 
 def _create(access, body: RunRequest):
-    protocol_class = validate_run_request(body)
+    protocol_class = validate_run_request(body, access.protocols())
     project = access.project()
     if body.name:
         existing = project.catalog.run_by_name(body.name)
@@ -142,7 +140,7 @@ def run_details(request: Request, run_id: int) -> dict[str, Any]:
                   "seconds": (j["finished"] - j["started"]) if j["finished"] and j["started"]
                   else None}
                  for t, j in project.catalog.journal(run.id).items()],
-        protocol_info=_describe_or_none(run.protocol),
+        protocol_info=_describe_or_none(access_of(request).protocols(), run.protocol),
         pictures=_pictures(project.root, run.folder))
     for output_set in project.catalog.sets_of_run(run.id):
         records = project.catalog.items(output_set.id)[:MAX_LISTED_ITEMS]
@@ -172,11 +170,8 @@ def _pictures(root, folder: str) -> list[str]:
     return [p.relative_to(root).as_posix() for p in found[:MAX_PICTURES]]
 
 
-def _describe_or_none(name: str) -> dict[str, Any] | None:
-    try:
-        return get_protocol(name).describe()
-    except TomoweaveError:
-        return None
+def _describe_or_none(known: dict[str, type], name: str) -> dict[str, Any] | None:
+    return known[name].describe() if name in known else None
 
 
 def _get_run(project, run_id: int):

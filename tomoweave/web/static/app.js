@@ -7,6 +7,7 @@ import { showTiltSeries } from "./tiltseries.js";
 import { showCtf, showAverage } from "./ctf.js";
 
 const listeners = new Set();
+let routeCount = 0;
 let cleanup = null;
 
 export async function api(path, options = {}) {
@@ -93,6 +94,12 @@ export function when(seconds) {
   return seconds ? new Date(seconds * 1000).toLocaleString() : "–";
 }
 
+// Sizes are only known once a node is in the document (pages are built off screen first).
+export function whenAttached(node, callback) {
+  if (node.isConnected) callback();
+  else requestAnimationFrame(() => whenAttached(node, callback));
+}
+
 export function onProjectEvent(callback) {
   listeners.add(callback);
   return () => listeners.delete(callback);
@@ -143,25 +150,36 @@ async function buildProtocolMenu() {
 }
 
 async function route() {
+  document.getElementById("protocol-menu").classList.remove("open");
   if (cleanup) { try { cleanup(); } catch { /* page already gone */ } cleanup = null; }
   listeners.clear();
   const view = document.getElementById("view");
-  view.replaceChildren();
+  const page = el("div");
+  const shown = ++routeCount;
+  const loading = setTimeout(() => {
+    if (shown === routeCount) view.replaceChildren(el("div", { class: "empty" }, "Loading…"));
+  }, 250);
   const [path, query] = (location.hash.slice(1) || "/").split("?");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   const params = new URLSearchParams(query || "");
   try {
-    if (parts.length === 0) await showGraph(view);
-    else if (parts[0] === "new") await showForm(view, parts[1], params);
-    else if (parts[0] === "run") await showRun(view, Number(parts[1]));
-    else if (parts[0] === "tomogram") await showTomogram(view, Number(parts[1]), parts[2], parts[3]);
-    else if (parts[0] === "tiltseries") await showTiltSeries(view, Number(parts[1]), parts[2], parts[3]);
-    else if (parts[0] === "ctf") await showCtf(view, Number(parts[1]), parts[2], parts[3]);
-    else if (parts[0] === "average") await showAverage(view, Number(parts[1]), parts[2], parts[3]);
-    else view.append(el("div", { class: "empty" }, "Nothing here. ", el("a", { href: "#/" }, "Back to the pipeline")));
+    // pages build off screen and replace the view once their data is there
+    const show = {
+      new: () => showForm(page, parts[1], params),
+      run: () => showRun(page, Number(parts[1])),
+      tomogram: () => showTomogram(page, Number(parts[1]), parts[2], parts[3]),
+      tiltseries: () => showTiltSeries(page, Number(parts[1]), parts[2], parts[3]),
+      ctf: () => showCtf(page, Number(parts[1]), parts[2], parts[3]),
+      average: () => showAverage(page, Number(parts[1]), parts[2], parts[3]),
+    }[parts[0]];
+    if (parts.length === 0) await showGraph(page);
+    else if (show) await show();
+    else page.append(el("div", { class: "empty" }, "Nothing here. ", el("a", { href: "#/" }, "Back to the pipeline")));
   } catch (error) {
-    view.append(el("div", { class: "panel error-text" }, `Could not show this page: ${error.message}`));
+    page.append(el("div", { class: "panel error-text" }, `Could not show this page: ${error.message}`));
   }
+  clearTimeout(loading);
+  if (shown === routeCount) view.replaceChildren(page);
 }
 
 async function start() {

@@ -1,6 +1,6 @@
 // Tilt-series viewer: a tilt slider over the images in tilt order, with the tilt's alignment
 // applied on the fly (in the canvas: image Å = Rz · aligned + shift, so aligned = Rz⁻¹ (p − shift)).
-import { api, el, fixed, fmt } from "./app.js";
+import { api, el, fixed, fmt, whenAttached } from "./app.js";
 
 export async function showTiltSeries(view, runId, output, key) {
   const run = await api(`/api/runs/${runId}`);
@@ -79,7 +79,7 @@ export async function showTiltSeries(view, runId, output, key) {
       const blob = await response.blob();
       if (seq !== st.seq) return;
       const url = URL.createObjectURL(blob);
-      image.onload = () => {
+      image.onload = () => whenAttached(wrap, () => {
         URL.revokeObjectURL(url);
         if (seq !== st.seq) return;
         st.binning = binning;
@@ -90,7 +90,7 @@ export async function showTiltSeries(view, runId, output, key) {
         draw();
         canvas.dataset.tilt = String(tilt.tilt_deg);
         canvas.dataset.scale = String(Math.min(canvas.width / image.width, canvas.height / image.height) / binning);
-      };
+      });
       image.src = url;
     }).catch((error) => { facts.append(el("dd", { class: "error-text" }, error.message)); });
   }

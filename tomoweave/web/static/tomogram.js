@@ -1,7 +1,7 @@
 // Tomogram (or any volume) viewer: XY/XZ/YZ slices served as PNG with binning and contrast,
 // particles drawn near the slice plane with their orientation, and manual picking saved through
 // a pick.manual run (so every click has provenance).
-import { api, el, fmt, setCleanup } from "./app.js";
+import { api, el, fmt, setCleanup, whenAttached } from "./app.js";
 
 const PLANES = {  // slice normal -> [horizontal axis, vertical axis, depth axis] as x=0, y=1, z=2
   z: { label: "XY", axes: [0, 1, 2] }, y: { label: "XZ", axes: [0, 2, 1] }, x: { label: "YZ", axes: [1, 2, 0] },
@@ -76,7 +76,7 @@ export async function showTomogram(view, runId, output, key) {
       const blob = await response.blob();
       if (seq !== st.seq) return;
       const objectUrl = URL.createObjectURL(blob);
-      image.onload = () => {
+      image.onload = () => whenAttached(wrap, () => {
         URL.revokeObjectURL(objectUrl);
         if (seq !== st.seq) return;
         st.shownBinning = shown;
@@ -85,7 +85,7 @@ export async function showTomogram(view, runId, output, key) {
         canvas.width = Math.round(image.width * st.scale);
         canvas.height = Math.round(image.height * st.scale);
         draw();
-      };
+      });
       image.src = objectUrl;
     }).catch((error) => { readout.textContent = `Slice failed: ${error.message}`; });
   }
