@@ -222,7 +222,9 @@ def align_with_patches(
     result is in pixels of ``stack``. ``solver_options`` go to :func:`solve_alignment`.
 
     The patch model gives the tilt axis and tilt angles; the shifts are then refined by
-    projection matching (:func:`projmatch.refine_shifts`) on a copy binned to at most
+    projection matching (:func:`projmatch.refine_shifts`), starting from the coarse
+    cross-correlation shifts (in tests a better start than the patch model's shifts, whose
+    chained tracks drift), on a copy binned to at most
     ``refine_size_px``, with slabs of 0.85× and then 1.15× ``refine_thickness_px`` (a slab
     somewhat thinner than the specimen holds the smooth error modes of the shifts best),
     ``refine_rounds`` rounds each. No refinement when ``refine_thickness_px`` is None.
@@ -241,6 +243,7 @@ def align_with_patches(
         )
     coarse = coarse_shifts_full_px(stack, tilts, z_rot_deg, max_size_px)
     binned = np.stack([bin_image(image, factor) for image in stack])
+    log: list[str] = []
     tracks = track_patches(binned, tilts, z_rot_deg, coarse / factor, patch_size_px,
                            min_strength=min_strength)
     size_xy = (stack.shape[2], stack.shape[1])
@@ -249,8 +252,8 @@ def align_with_patches(
         3, min_track_fraction * len(tilts)
     )
     observations = observations[long_enough]
-    log = [f"{len(tracks)} patches, {int(long_enough.sum())} tracked through "
-           f"≥{min_track_fraction:.0%} of tilts (binning {factor})"]
+    log.append(f"{len(tracks)} patches, {int(long_enough.sum())} tracked through "
+               f"≥{min_track_fraction:.0%} of tilts (binning {factor})")
     if len(observations) < 3:
         raise NoBeadsError(f"only {len(observations)} patches could be tracked through the series")
     solution, solved = solve_covered(observations, tilts, z_rot_deg, **solver_options)
@@ -260,16 +263,17 @@ def align_with_patches(
     means = stack.mean(axis=(1, 2))[solved]
     solution = choose_tilt_offset(solution, means, tilt_offset_method, log)
     if refine_thickness_px is not None and refine_rounds > 0:
-        solution = _refine(stack[solved], solution, refine_thickness_px, refine_rounds,
-                           refine_size_px, log)
+        solution = _refine(stack[solved], solution, coarse[solved], refine_thickness_px,
+                           refine_rounds, refine_size_px, log)
     return TrackedSolution(solution, solved, full, coarse, log)
 
 
-def _refine(stack, solution, thickness_px, rounds, size_px, log):
-    """Projection-matching refinement of the shifts of a solved model (see align_with_patches)."""
+def _refine(stack, solution, start_shifts_px, thickness_px, rounds, size_px, log):
+    """Projection-matching refinement of the shifts, with the patch model's tilt angles and
+    axis, starting from the coarse shifts (see align_with_patches)."""
     factor = max(1, int(np.ceil(max(stack.shape[1:]) / size_px)))
     binned = np.stack([fourier_bin_image(image, factor) for image in stack])
-    shifts = solution.shifts_px / factor
+    shifts = start_shifts_px / factor
     for scale in (0.85, 1.15):
         shifts, updates = refine_shifts(
             binned, solution.y_tilt_deg, solution.z_rot_deg, shifts,
