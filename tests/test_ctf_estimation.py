@@ -136,6 +136,16 @@ def test_phase_shift_is_fitted_when_asked():
     assert max(_relative_errors(fit, 10400.0, 9600.0)) <= 0.03, fit
 
 
+def test_spectrum_without_thon_rings_is_unreliable_and_falls_back_to_the_nominal_defocus():
+    noise = np.random.default_rng(9).normal(size=(512, 512)).astype(np.float32)
+    fit = estimate_ctf(noise, 3.0, nominal_defocus_a=25000.0)
+    assert not fit.reliable
+    assert fit.defocus_u_a == fit.defocus_v_a == 25000.0
+    good = estimate_ctf(simulate_ctf_image(512, 3.0, 25000.0, 25000.0, 0.0, seed=2), 3.0,
+                        nominal_defocus_a=40000.0)
+    assert good.reliable and abs(good.defocus_u_a / 25000.0 - 1) < 0.02
+
+
 @pytest.mark.parametrize("image, message", [
     (np.zeros((256, 256), np.float32), "constant"),
     (np.full((256, 256), np.nan, np.float32), "NaN"),

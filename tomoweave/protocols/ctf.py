@@ -76,6 +76,10 @@ class CtfEstimate(Protocol):
                 phase_shift_deg=round(fit.phase_shift_deg, 2),
                 fit_resolution_a=round(fit.fit_resolution_a, 2), score=round(fit.score, 4),
                 diagnostic_path=context.relative(diagnostic))
+            if not fit.reliable:
+                context.log(f"WARNING {item.name} tilt {tilt.tilt_deg:g}°: no usable Thon rings "
+                            f"(no defocus stands out of the search); "
+                            f"{'nominal defocus kept' if tilt.nominal_defocus_a else 'unreliable'}")
             context.log(f"{item.name} tilt {tilt.tilt_deg:g}°: defocus U {fit.defocus_u_a:.0f} "
                         f"V {fit.defocus_v_a:.0f} Å, angle {fit.astigmatism_angle_deg:.1f}°, "
                         f"fit to {fit.fit_resolution_a:.1f} Å, score {fit.score:.3f}")
