@@ -20,7 +20,8 @@ from tomoweave.formats.mrc import read_mrc
 from tomoweave.geometry import project_points_a, projection_matrix
 from tomoweave.sim import load_truth
 
-SIM_PARAMS = {"preset": "test", "seed": 5, "image_size_px": 160, "exclude_templates": ["3j9i"]}
+SIM_PARAMS = {"preset": "test", "seed": 5, "image_size_px": 160, "exclude_templates": ["3j9i"],
+              "tilt_step_deg": 4.0}
 
 
 def _simulate(tmp_path_factory, name: str, **params):
