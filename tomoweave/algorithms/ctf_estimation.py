@@ -48,6 +48,9 @@ DEFOCUS_GRADIENT_SIGN = -1.0
 # (z 2-9); the simulator's 10 Å/px "test" preset, without signal at ring frequencies, R²
 # 0.5-0.7 (z 2-5). Measured on tests/test_ctf_estimation.py images and the simulator.
 GOOD_COARSE_SCORE = 0.78
+# Fewer spectrum pixels than this between the fit-range ends (tiny images) and 7 smooth
+# parameters fit anything: such fits are never called reliable.
+MIN_SPECTRUM_RINGS = 40
 MIN_PROMINENCE = 8.0
 MIN_COARSE_SCORE = 0.4
 
@@ -149,8 +152,9 @@ def estimate_ctf(
     defocus_a, phase_deg, coarse_score, prominence = _coarse_search(
         groups, setup, k_lo, k_hi_user, min_defocus_a,
                                           max_defocus_a, nominal_defocus_a, fit_phase_shift)
-    reliable = coarse_score >= GOOD_COARSE_SCORE or (
-        prominence >= MIN_PROMINENCE and coarse_score >= MIN_COARSE_SCORE)
+    rings_in_range = (k_hi_user - k_lo) * setup.tile_px * setup.pixel_size_a
+    reliable = rings_in_range >= MIN_SPECTRUM_RINGS and (coarse_score >= GOOD_COARSE_SCORE or (
+        prominence >= MIN_PROMINENCE and coarse_score >= MIN_COARSE_SCORE))
     if not reliable and nominal_defocus_a:
         # No defocus stands out of the search: the spectrum shows no usable Thon rings (too
         # coarse a pixel, too little signal). The nominal value is a better guess than noise.
