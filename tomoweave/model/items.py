@@ -29,7 +29,10 @@ class Acquisition(BaseModel):
     spherical_aberration_mm: float = Field(2.7, ge=0, description="Cs, mm")
     amplitude_contrast: float = Field(0.07, ge=0, le=1, description="fraction of amplitude contrast")
     dose_per_tilt_e_a2: float = Field(0.0, ge=0, description="electron dose per tilt, e/Å²")
-    tilt_axis_deg: float = Field(0.0, description="nominal tilt-axis angle as SerialEM reports it, °")
+    tilt_axis_deg: float = Field(
+        0.0, description="nominal tilt-axis angle as SerialEM reports it, °; it is the in-plane "
+        "rotation z_rot of the projection model (RELION 5's rule): the tilt axis appears at this "
+        "angle counter-clockwise from the image Y axis")
 
 
 class TiltAlignment(BaseModel):
