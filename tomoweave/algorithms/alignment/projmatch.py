@@ -87,7 +87,6 @@ def refine_shifts(
     rounds: int = 3,
     lowpass: float = 0.35,
     max_step_px: float = 4.0,
-    exclude_within_deg: float = 0.0,
 ) -> tuple[np.ndarray, list[float]]:
     """Refine per-tilt shifts by projection matching (leave-one-out WBP re-projections).
 
@@ -107,9 +106,6 @@ def refine_shifts(
         Low-pass of the filter and the correlation, fraction of Nyquist.
     max_step_px : float
         Largest correction per round.
-    exclude_within_deg : float
-        The reference of tilt i leaves out every tilt within this angle of it (not only tilt i),
-        so that errors shared by neighbouring tilts cannot confirm themselves.
 
     Returns
     -------
@@ -125,18 +121,17 @@ def refine_shifts(
     weights = bandpass(stack.shape[1:], lowpass, 0.02)
     updates = []
     for _ in range(rounds):
-        step, _ = _match_round(stack, tilts, z_rot, shifts, geometry, ramp, window, weights,
-                               max_step_px, exclude_within_deg)
+        step = _match_round(stack, tilts, z_rot, shifts, geometry, ramp, window, weights,
+                            max_step_px)
         step = _without_translation(step, tilts, z_rot)
         shifts += step
         updates.append(float(np.sqrt(np.mean(np.sum(step**2, axis=1)))))
     return shifts, updates
 
 
-def _match_round(stack, tilts, z_rot, shifts, geometry, ramp, window, weights, max_step_px,
-                 exclude_within_deg=0.0):
-    """One reconstruct-and-compare pass: shift corrections (T, 2) and the mean correlation
-    coefficient of each tilt with its leave-one-out re-projection."""
+def _match_round(stack, tilts, z_rot, shifts, geometry, ramp, window, weights, max_step_px):
+    """One reconstruct-and-compare pass: shift corrections (T, 2) from the correlation of each
+    tilt with the re-projection of the tomogram made without it."""
     frames = np.stack([to_specimen_frame(stack[i], z_rot[i], shifts[i]) for i in range(len(tilts))])
     frames -= frames.mean(axis=(1, 2), keepdims=True)
     filtered = scipy.fft.irfft(
@@ -145,29 +140,15 @@ def _match_round(stack, tilts, z_rot, shifts, geometry, ramp, window, weights, m
     contributions = [geometry.back_project(filtered[i], tilts[i]) for i in range(len(tilts))]
     volume = np.sum(contributions, axis=0)
     step = np.zeros_like(shifts)
-    scores = np.zeros(len(tilts))
     for i in range(len(tilts)):
-        near = np.abs(tilts - tilts[i]) <= exclude_within_deg
-        near[i] = True
-        reduced = volume - np.sum([contributions[j] for j in np.nonzero(near)[0]], axis=0)
-        reference = geometry.project(reduced, tilts[i])
+        reference = geometry.project(volume - contributions[i], tilts[i])
         reference = (reference - reference.mean()) * window
         frame = frames[i] * window
         displacement, _ = correlation_shift(reference, frame, max_step_px, weights)
         angle = np.radians(z_rot[i])
         rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         step[i] = rotation @ displacement
-        scores[i] = _coefficient(reference, frame, weights)
-    return step, float(np.mean(scores))
-
-
-def _coefficient(a: np.ndarray, b: np.ndarray, weights: np.ndarray) -> float:
-    """Largest normalised cross-correlation of two band-passed images over all shifts."""
-    fa, fb = scipy.fft.rfft2(a), scipy.fft.rfft2(b)
-    fa, fb = fa * np.sqrt(weights), fb * np.sqrt(weights)
-    correlation = scipy.fft.irfft2(np.conj(fa) * fb, s=a.shape)
-    norm = np.sqrt(np.sum(np.abs(fa) ** 2) * np.sum(np.abs(fb) ** 2)) / a.size
-    return float(correlation.max() * a.size / max(norm * a.size, 1e-30))
+    return step
 
 
 def _without_translation(step: np.ndarray, tilts: np.ndarray, z_rot: np.ndarray) -> np.ndarray:
