@@ -12,7 +12,10 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
+import os
+import resource
 import tempfile
 import time
 import tracemalloc
@@ -24,6 +27,7 @@ from tomoweave.algorithms import projector, reconstruction
 from tomoweave.formats.mrc import mmap_mrc, write_mrc
 from tomoweave.geometry import projection_matrix
 
+say = functools.partial(print, flush=True)
 CASES = ((512, 128), (1024, 256))
 N_TILTS = 61
 SIRT_ITERATIONS_TIMED = 2
@@ -121,10 +125,20 @@ def phantom_rows(n: int, nz: int, tilt_deg: np.ndarray, seed: int = 0) -> tuple:
     return rows, geometry
 
 
+def _clock() -> tuple[float, float]:
+    """(wall s, CPU s of this process and its finished children): the CPU time shows the work
+    done independently of how busy the machine is."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return time.perf_counter(), cpu
+
+
 def _timed(function, *args, **kwargs):
-    start = time.perf_counter()
+    wall, cpu = _clock()
     result = function(*args, **kwargs)
-    return time.perf_counter() - start, result
+    wall_end, cpu_end = _clock()
+    return (wall_end - wall, cpu_end - cpu), result
 
 
 # ----------------------------------------------------------------------------- speed
@@ -132,8 +146,8 @@ def bench_speed(n: int, nz: int) -> None:
     tilt_deg = np.linspace(-60, 60, N_TILTS)
     rows, geometry = phantom_rows(n, nz, tilt_deg)
     updates = nz * n * n * N_TILTS
-    print(f"\n-- {N_TILTS} tilts {n}x{n} -> {n}x{n}x{nz} ({updates / 1e9:.2f} G voxel-updates "
-          f"per back-projection)")
+    say(f"\n-- {N_TILTS} tilts {n}x{n} -> {n}x{n}x{nz} ({updates / 1e9:.2f} G voxel-updates "
+        f"per back-projection); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as folder:
         stack_path = Path(folder) / "stack.mrc"
         write_mrc(stack_path, np.ascontiguousarray(rows.transpose(1, 0, 2)), 1.0, stack=True)
@@ -143,27 +157,31 @@ def bench_speed(n: int, nz: int) -> None:
 
             reconstruction.reconstruct_wbp(load, _small(geometry))  # compile outside timing
             tracemalloc.start()
-            wbp_s, volume = _timed(reconstruction.reconstruct_wbp, load, geometry)
+            wbp, volume = _timed(reconstruction.reconstruct_wbp, load, geometry)
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
-    print(f"tomoweave WBP: {wbp_s:.2f} s, {updates / wbp_s / 1e9:.2f} G voxel-updates/s; peak "
-          f"traced memory {peak / 2**30:.2f} GiB = {peak / volume.nbytes:.2f}x the tomogram")
+    say(f"tomoweave WBP: {wbp[0]:.2f} s wall, {wbp[1]:.2f} CPU-s; {updates / wbp[0] / 1e9:.2f} "
+        f"G voxel-updates/s wall ({updates / wbp[1] / 1e9:.2f} per CPU-s); peak traced memory "
+        f"{peak / 2**30:.2f} GiB = {peak / volume.nbytes:.2f}x the tomogram")
     del volume
-    sirt_s = _sirt_time_per_iteration(rows, geometry)
-    print(f"tomoweave SIRT: {sirt_s:.2f} s/iteration (forward + back projection), "
-          f"{2 * updates / sirt_s / 1e9:.2f} G voxel-updates/s")
-    for algorithm, ours, iterations in (("FBP", wbp_s, 1), ("SIRT", sirt_s, 1)):
+    sirt = _sirt_time_per_iteration(rows, geometry)
+    say(f"tomoweave SIRT: {sirt[0]:.2f} s wall, {sirt[1]:.2f} CPU-s per iteration (forward + "
+        f"back projection); {2 * updates / sirt[0] / 1e9:.2f} G voxel-updates/s wall")
+    for algorithm, ours in (("FBP", wbp), ("SIRT", sirt)):
         count = min(n, ASTRA_MAX_SLICES[algorithm])
         slices = range(n // 2 - count // 2, n // 2 - count // 2 + count)
-        one_s, _ = _timed(astra_reconstruct, rows, tilt_deg, nz, algorithm, iterations, slices)
-        two_s, _ = _timed(astra_parallel, rows, tilt_deg, nz, algorithm, iterations, slices)
+        one, _ = _timed(astra_reconstruct, rows, tilt_deg, nz, algorithm, 1, slices)
+        two, _ = _timed(astra_parallel, rows, tilt_deg, nz, algorithm, 1, slices)
         scale = n / count
-        one_s, two_s = one_s * scale, two_s * scale
-        print(f"ASTRA {algorithm}_CPU ({count} of {n} slices timed, scaled x{scale:.0f}): "
-              f"1 process {one_s:.1f} s ({updates * iterations / one_s / 1e9:.3f} G/s), "
-              f"2 processes {two_s:.1f} s -> tomoweave is {one_s / ours:.1f}x faster than one "
-              f"process, {two_s / ours:.1f}x faster than two "
-              f"({'WBP' if algorithm == 'FBP' else 'SIRT per iteration'})")
+        one, two = np.array(one) * scale, np.array(two) * scale
+        what = "WBP" if algorithm == "FBP" else "SIRT per iteration"
+        say(f"ASTRA {algorithm}_CPU ({count} of {n} slices timed, scaled x{scale:.0f}): "
+            f"1 process {one[0]:.1f} s wall / {one[1]:.1f} CPU-s "
+            f"({updates / one[0] / 1e9:.3f} G/s), 2 processes {two[0]:.1f} s wall / "
+            f"{two[1]:.1f} CPU-s")
+        say(f"  => {what}: tomoweave is {one[0] / ours[0]:.1f}x (wall) faster than ASTRA in one "
+            f"process and {two[0] / ours[0]:.1f}x (wall) than ASTRA on two; per CPU-second "
+            f"{one[1] / ours[1]:.1f}x / {two[1] / ours[1]:.1f}x")
 
 
 def _small(geometry):
@@ -171,22 +189,22 @@ def _small(geometry):
                                    geometry.pixel_size_a, (4, 8, geometry.volume_shape_zyx[2]))
 
 
-def _sirt_time_per_iteration(rows, geometry) -> float:
-    times = []
+def _sirt_time_per_iteration(rows, geometry) -> tuple[float, float]:
+    ticks = []
 
     def tick(iteration, volume):
-        times.append(time.perf_counter())
+        ticks.append(_clock())
 
     def load(index):
         return rows[:, index, :]
 
     reconstruction.reconstruct_sirt(load, _small(geometry), 1)  # compile outside timing
-    start = time.perf_counter()
+    start = _clock()
     reconstruction.reconstruct_sirt(load, geometry, SIRT_ITERATIONS_TIMED, callback=tick)
     # per-iteration time from the iterations only (the one-off row/column sums excluded)
-    if len(times) >= 2:
-        return (times[-1] - times[0]) / (len(times) - 1)
-    return times[0] - start
+    first = ticks[0] if len(ticks) >= 2 else start
+    count = max(1, len(ticks) - 1) if len(ticks) >= 2 else 1
+    return (ticks[-1][0] - first[0]) / count, (ticks[-1][1] - first[1]) / count
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -201,12 +219,12 @@ def bench_accuracy(sirt_iterations: int = 20) -> None:
         projections, _ = read_mrc(data.series[0].projections_path)
         volume_truth, _ = read_mrc(data.series[0].volume_path)
     results = compare_with_astra(projections, truth, volume_truth, sirt_iterations)
-    print(f"\n-- accuracy on the simulator's 'test' specimen (noise-free line integrals, "
+    say(f"\n-- accuracy on the simulator's 'test' specimen (noise-free line integrals, "
           f"{len(truth.tilts)} tilts, correlation with the truth volume after a "
           f"{results['resolution_a']:.0f} Å low-pass)")
     for name in ("WBP", "SIRT"):
         ours, theirs = results[name]
-        print(f"{name}: tomoweave {ours:.4f}, ASTRA {theirs:.4f}, difference {ours - theirs:+.4f}")
+        say(f"{name}: tomoweave {ours:.4f}, ASTRA {theirs:.4f}, difference {ours - theirs:+.4f}")
 
 
 def compare_with_astra(projections: np.ndarray, truth, volume_truth: np.ndarray,
