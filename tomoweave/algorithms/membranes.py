@@ -177,7 +177,7 @@ def oriented_points(segmentation: MembraneSegmentation, spacing_px: float,
         chosen = voxels[order[first]]
         chosen = _thin_by_distance(chosen, spacing_px)
         normal = segmentation.normals_xyz[:, chosen[:, 0], chosen[:, 1], chosen[:, 2]].T
-        xyz = chosen[:, ::-1].astype(float)
+        xyz = chosen[:, ::-1] + _offset_along_normal(segmentation.sheetness, chosen, normal)
         centroid = voxels[:, ::-1].mean(axis=0)
         sign = np.sign(np.einsum("ij,ij->i", xyz - centroid, normal))
         sign[sign == 0] = 1.0
@@ -189,6 +189,21 @@ def oriented_points(segmentation: MembraneSegmentation, spacing_px: float,
     if not positions:
         return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, dtype=int)
     return np.concatenate(positions), np.concatenate(normals), np.concatenate(ids)
+
+
+def _offset_along_normal(sheetness: np.ndarray, voxels_zyx: np.ndarray,
+                         normals_xyz: np.ndarray) -> np.ndarray:
+    """Sub-voxel shift (x, y, z) to the sheetness maximum along the normal (parabola fit)."""
+    upper = np.array(sheetness.shape) - 1
+    values = []
+    for step in (-1.0, 0.0, 1.0):
+        where = np.clip(np.rint(voxels_zyx + step * normals_xyz[:, ::-1]).astype(int), 0, upper)
+        values.append(sheetness[tuple(where.T)])
+    low, mid, high = values
+    curvature = low - 2 * mid + high
+    safe = np.where(curvature < 0, curvature, -1.0)
+    along = np.where(curvature < 0, np.clip(0.5 * (low - high) / safe, -0.5, 0.5), 0.0)
+    return along[:, None] * normals_xyz
 
 
 def _thin_by_distance(points: np.ndarray, spacing_px: float) -> np.ndarray:
