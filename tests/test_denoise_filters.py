@@ -15,6 +15,8 @@ def correlation(a, b):
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
+pytestmark = pytest.mark.xdist_group("denoise_phantom")
+
 @pytest.fixture(scope="module")
 def phantom():
     """Blobs and a shell (edges) in a 64×96×96 volume; two halves with independent noise."""

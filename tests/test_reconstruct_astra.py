@@ -15,6 +15,8 @@ SPECIMEN = {"image_size_px": 96, "thickness_a": 500.0, "noise_on": False, "ctf_o
             "particles": {"1bxn": 6, "6pxm": 6, "3j9i": 3}}
 
 
+pytestmark = pytest.mark.xdist_group("reconstruct_astra")
+
 @pytest.fixture(scope="module")
 def aligned(tmp_path_factory):
     data = simulate_dataset(tmp_path_factory.mktemp("astra"), preset="test", seed=4,

@@ -57,6 +57,8 @@ class AttachTruth(Protocol):
 register_protocol(AttachTruth)
 
 
+pytestmark = pytest.mark.xdist_group("reconstruct_e2e")
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     project = Project.init(tmp_path_factory.mktemp("reconstruct") / "proj")
