@@ -62,7 +62,7 @@ class SimConfig(BaseModel):
     ctf_on: bool = True
     ctf_slab_a: float | None = Field(None, gt=0, description="height step of the per-height "
                                      "CTF; None: the largest step whose defocus error shifts "
-                                     "the CTF phase by at most 0.05 rad at Nyquist (≤ 500 Å)")
+                                     "the CTF phase by at most 0.01 rad at Nyquist (≤ 200 Å)")
     dose_per_tilt_e_a2: float = Field(3.0, gt=0)
     noise_on: bool = True
     damping_on: bool = True

@@ -42,8 +42,8 @@ def critical_exposure_e_a2(frequency_inv_a: np.ndarray) -> np.ndarray:
     return 0.245 * k ** -1.665 + 2.81
 
 
-def auto_slab_a(pixel_size_a: float, voltage_kv: float, phase_tolerance_rad: float = 0.05,
-                max_slab_a: float = 500.0, min_slab_a: float = 20.0) -> float:
+def auto_slab_a(pixel_size_a: float, voltage_kv: float, phase_tolerance_rad: float = 0.01,
+                max_slab_a: float = 200.0, min_slab_a: float = 20.0) -> float:
     """Height step for the per-height CTF: a point half a step from its slab's centre sees a CTF
     phase error of at most ``phase_tolerance_rad`` at Nyquist (chi error = π λ δz k²)."""
     nyquist_inv_a = 0.5 / pixel_size_a
@@ -69,16 +69,15 @@ def contrast_image(slabs_v_a: np.ndarray, heights_a: np.ndarray, pixel_size_a: f
     spectrum_total = np.zeros((shape[0], shape[1] // 2 + 1), dtype=np.complex64)
     padded = np.zeros(shape, dtype=np.float32)
     fy, fx = frequency_grid_2d(shape, pixel_size_a, rfft=True)
-    for slab, height_a in zip(slabs_v_a, heights_a, strict=True):
+    ctfs = _ctf_by_height(fx, fy, ctf, heights_a) if ctf_on else None
+    for slab in slabs_v_a:
+        ctf_here = next(ctfs) if ctfs is not None else None
         if not slab.any():
             continue
         padded[pad_px:pad_px + ny, pad_px:pad_px + nx] = slab * sigma
         spectrum = fft.rfft2(padded, workers=-1)
-        if ctf_on:
-            spectrum *= ctf_at_frequencies(
-                fx, fy, ctf["defocus_u_a"] + height_a, ctf["defocus_v_a"] + height_a,
-                ctf["astigmatism_angle_deg"], ctf["voltage_kv"], ctf["spherical_aberration_mm"],
-                ctf["amplitude_contrast"]).astype(np.float32)
+        if ctf_here is not None:
+            spectrum *= ctf_here
         spectrum_total += spectrum
     if exposure_e_a2 is not None and exposure_e_a2 > 0:
         frequency = np.sqrt(fx * fx + fy * fy)
@@ -86,6 +85,30 @@ def contrast_image(slabs_v_a: np.ndarray, heights_a: np.ndarray, pixel_size_a: f
     if not ctf_on:  # without a CTF, show density dark as a microscope in underfocus would
         spectrum_total *= -1
     return fft.irfft2(spectrum_total, shape, workers=-1).astype(np.float32)
+
+
+def _ctf_by_height(fx: np.ndarray, fy: np.ndarray, ctf: dict, heights_a: np.ndarray):
+    """The CTF at each (evenly spaced) height, one array per height, via a phase recurrence.
+
+    With chi(h) = chi(0) + π λ h k², −sin(chi(h)) = C₀ cos(π λ h k²) + C₉₀ sin(π λ h k²), where
+    C₀ and C₉₀ are ctf_model's CTF at the tilt's defocus with 0° and 90° extra phase. The factor
+    exp(i π λ h k²) advances by one constant complex multiplication per height step.
+    """
+    common = (ctf["astigmatism_angle_deg"], ctf["voltage_kv"], ctf["spherical_aberration_mm"],
+              ctf["amplitude_contrast"])
+    base = ctf_at_frequencies(fx, fy, ctf["defocus_u_a"], ctf["defocus_v_a"], *common)
+    quadrature = ctf_at_frequencies(fx, fy, ctf["defocus_u_a"], ctf["defocus_v_a"], *common,
+                                    phase_shift_deg=90.0)
+    scale = np.pi * electron_wavelength_a(ctf["voltage_kv"]) * (fx * fx + fy * fy)
+    heights_a = np.asarray(heights_a, dtype=float)
+    step_a = heights_a[1] - heights_a[0] if len(heights_a) > 1 else 0.0
+    if len(heights_a) > 2 and not np.allclose(np.diff(heights_a), step_a):
+        raise ValueError("heights must be evenly spaced")
+    phase = np.exp(1j * scale * heights_a[0]) if len(heights_a) else None
+    advance = np.exp(1j * scale * step_a)
+    for _ in heights_a:
+        yield (base * phase.real + quadrature * phase.imag).astype(np.float32)
+        phase = phase * advance
 
 
 def expected_counts(contrast: np.ndarray, ice_path_a: float, mean_free_path_a: float,
