@@ -14,21 +14,19 @@ import pytest
 import scipy.fft
 
 from tomoweave.algorithms import extraction
-from tomoweave.formats.mrc import read_mrc
-from tomoweave.sim import simulate_dataset
+from tomoweave.sim import resolve_config
+from tomoweave.sim.specimen import build_specimen
 from tomoweave.sim.templates import add_particle, load_template
 
 BOX_A = 480.0
 
 
 @pytest.fixture(scope="module")
-def truth_volume(tmp_path_factory):
-    data = simulate_dataset(tmp_path_factory.mktemp("sim"), "test", seed=3, n_series=1,
-                            tilt_step_deg=30.0, beads_on=False, membranes_on=False,
-                            write_noise_free=False)
-    series = data.series[0]
-    volume, _ = read_mrc(series.volume_path)
-    return volume, series.truth()
+def truth_volume():
+    """The simulator's specimen (test preset): noise-free volume and the placed particles."""
+    config = resolve_config("test", beads_on=False, membranes_on=False)
+    specimen = build_specimen(config, np.random.default_rng(3))
+    return specimen.volume_v, specimen
 
 
 def _offset_px(box: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -50,16 +48,17 @@ def _offset_px(box: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def test_extraction_centres_particles_picked_at_bin4(truth_volume, binning):
     volume, truth = truth_volume
     pixel_1 = truth.pixel_size_a
+    size_xyz = np.array(volume.shape[::-1])
     pixel = pixel_1 * binning
     if binning > 1:
         volume = extraction.fourier_crop(volume, tuple(s // binning for s in volume.shape))
     bin4_pixel = 4 * pixel_1
-    ribosomes = [p for p in truth.placed_particles if p.template == "4v4r"]
+    ribosomes = [p for p in truth.particles if p.template == "4v4r"]
     box_px = int(BOX_A / pixel) // 2 * 2
     errors = []
     for particle in ribosomes:
         # the voxel of a binning-4 tomogram (centre N // 2) holding the particle, back in Å
-        bin4_shape_xyz = np.array(truth.tomogram_size_xyz) // 4
+        bin4_shape_xyz = size_xyz // 4
         voxel4 = np.rint(np.array(particle.position_a) / bin4_pixel + bin4_shape_xyz // 2)
         picked_a = (voxel4 - bin4_shape_xyz // 2) * bin4_pixel
         box = extraction.extract_particles(volume, pixel, picked_a, box_px, normalise=False)[0]
@@ -77,7 +76,7 @@ def test_extraction_centres_particles_picked_at_bin4(truth_volume, binning):
 
 def test_extraction_binning_parameter_matches_binned_tomogram(truth_volume):
     volume, truth = truth_volume
-    particle = next(p for p in truth.placed_particles if p.template == "4v4r")
+    particle = next(p for p in truth.particles if p.template == "4v4r")
     from_bin1 = extraction.extract_particles(volume, truth.pixel_size_a,
                                              np.array([particle.position_a]), 24, binning=2.0)[0]
     binned = extraction.fourier_crop(volume, tuple(s // 2 for s in volume.shape))

@@ -9,26 +9,24 @@ from test_pick_support import degrade
 from tomoweave.algorithms import membranes
 from tomoweave.algorithms import particle_pruning as pp
 from tomoweave.algorithms.extraction import fourier_crop
-from tomoweave.formats.mrc import read_mrc
 from tomoweave.geometry.rotations import random_rotations, rotation_z
-from tomoweave.sim import simulate_dataset
+from tomoweave.sim import resolve_config
+from tomoweave.sim.specimen import build_specimen
 
 
 @pytest.fixture(scope="module")
-def vesicle_tomogram(tmp_path_factory):
-    data = simulate_dataset(tmp_path_factory.mktemp("sim"), "test", seed=2, n_series=1,
-                            tilt_step_deg=30.0, particles_on=False, beads_on=False,
-                            write_noise_free=False)
-    series = data.series[0]
-    truth = series.truth()
-    volume, _ = read_mrc(series.volume_path)
+def vesicle_tomogram():
+    """The simulator's vesicle (test preset), binned to 20 Å, behind a wedge and noise."""
+    config = resolve_config("test", particles_on=False, beads_on=False)
+    specimen = build_specimen(config, np.random.default_rng(2))
+    volume = specimen.volume_v
     binned = fourier_crop(volume, tuple(s // 2 for s in volume.shape))
     noisy = degrade(binned, np.random.default_rng(0), snr=0.5, contrast=-1.0)
-    return noisy, 2 * truth.pixel_size_a, truth
+    return noisy, 2 * specimen.pixel_size_a, specimen
 
 
 def _true_distance_and_normal(points_a, vesicle):
-    centre, radii = np.array(vesicle.centre_a), np.array(vesicle.radii_a)
+    centre, radii = np.asarray(vesicle.centre_a), np.asarray(vesicle.radii_a)
     scaled = (points_a - centre) / radii
     norm = np.linalg.norm(scaled, axis=1)
     gradient = scaled / radii
