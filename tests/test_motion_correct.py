@@ -101,3 +101,26 @@ def test_even_and_odd_sums_add_up_and_dose_weighting_keeps_the_mean():
     first = _correlation(high_pass(weighted.aligned_sum), high_pass(independent[0]))
     last = _correlation(high_pass(weighted.aligned_sum), high_pass(independent[-1]))
     assert first > 2.0 * last > 0
+
+
+def test_patches_follow_local_motion_that_a_global_shift_cannot():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    n, size = 8, 384
+    base = ndimage.gaussian_filter(rng.normal(size=(size, size)), 1.5).astype(np.float32)
+    base /= base.std()
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    frames = []
+    for index in range(n):
+        t = index / (n - 1)  # the specimen stretches: 3 px across the field by the last frame
+        dx = t * (1.0 + 3.0 * (xx / size - 0.5))
+        dy = t * (-0.5 + 3.0 * (yy / size - 0.5))
+        warped = ndimage.map_coordinates(base, [yy - dy, xx - dx], order=3, mode="reflect")
+        frames.append(warped + rng.normal(0, 1.5, (size, size)))
+    frames = np.array(frames, np.float32)
+    global_only = correct_motion(frames, 2.0, patches=0)
+    local = correct_motion(frames, 2.0, patches=5)
+    assert local.local_rms_px > 0.2, local.notes
+    assert _correlation(local.aligned_sum, base) > _correlation(global_only.aligned_sum, base) \
+        + 0.02
