@@ -88,3 +88,42 @@ def test_sheetness_prefers_sheets_over_blobs():
     sheetness, normals = membranes.hessian_sheetness(volume, 1.5)
     assert sheetness[20, 30, 30] > 5 * sheetness[10, 10, 10]
     assert abs(normals[2, 20, 30, 30]) > 0.99  # the plane's normal is z
+
+
+def test_membrane_protocols_end_to_end(vesicle_tomogram, tmp_path):
+    from tomoweave.api import Project
+    from tomoweave.formats.mrc import write_mrc
+
+    tomogram, pixel, specimen = vesicle_tomogram
+    path = write_mrc(tmp_path / "TS_01.mrc", tomogram, pixel)
+    project = Project.init(tmp_path / "project")
+    imported = project.run("import.tomogram", params={"files": [str(path)]}, executor="inline")
+    segmented = project.run("segment.membranes", inputs={"tomograms": imported.name},
+                            params={"thickness_a": 60.0}, executor="inline")
+    segmentation = project.items(segmented, "segmentations")[0]
+    assert segmentation.label_count >= 1
+    labels, _ = read_labels(project.path(segmentation.path))
+    assert labels.max() == segmentation.label_count
+    picked = project.run("pick.membrane", inputs={"tomograms": imported.name},
+                         params={"thickness_a": 60.0, "spacing_a": 80.0}, executor="inline")
+    points = project.items(picked, "particles")
+    assert len(points) >= 20
+    assert all(p.membrane_id is not None and p.normal is not None for p in points)
+    axes = np.array([p.rotation_matrix[:, 2] for p in points])
+    assert np.allclose(axes, np.array([p.normal for p in points]), atol=1e-6)
+    positions = np.array([p.position_a for p in points])
+    spacing = np.sort(np.linalg.norm(positions[:, None] - positions[None], axis=2), axis=1)[:, 1]
+    assert np.median(spacing) >= 0.6 * 80.0
+    kept = project.run("particles.filter_normal", inputs={"particles": picked.name},
+                       params={"tolerance_deg": 10.0}, executor="inline")
+    assert len(project.items(kept, "particles")) == len(points)  # their own normals
+    fitted = project.run("particles.fit_vesicles", inputs={"particles": picked.name},
+                         params={"max_distance_a": 60.0}, executor="inline")
+    on_vesicle = project.items(fitted, "particles")
+    assert len(on_vesicle) >= 0.8 * len(points)
+
+
+def read_labels(path):
+    from tomoweave.formats.mrc import read_mrc
+
+    return read_mrc(path)
