@@ -108,3 +108,17 @@ def test_rules_use_the_mean_of_the_unflagged_tilts():
     assert np.nonzero(kept.flagged)[0].tolist() == [3, 5, 8]
     with pytest.raises(ValueError, match="no tilt at 7"):
         apply_overrides(verdict, np.arange(11) * 10.0 - 50, keep=[7.0])
+
+
+def test_a_single_micrograph_imported_as_a_one_tilt_series_gets_its_ctf(tmp_path):
+    image = simulate_ctf_image(512, PIXEL_SIZE_A, 22600.0, 21400.0, 120.0, seed=21)
+    path = write_mrc(tmp_path / "data" / "mic_001.mrc", image, PIXEL_SIZE_A)
+    path.with_suffix(".tlt").write_text("0.0\n")
+    project = Project.init(tmp_path / "project")
+    imported = project.run("import.tiltseries", params={"files": [str(path)]}, executor="inline")
+    estimated = project.run("ctf.estimate", inputs={"tilt_series": imported.name},
+                            executor="inline")
+    assert estimated.state == "finished"
+    ((tilt,),) = [s.tilts for s in project.items(estimated)]
+    assert abs(tilt.ctf.defocus_u_a / 22600.0 - 1) <= 0.02
+    assert abs(tilt.ctf.defocus_v_a / 21400.0 - 1) <= 0.02
