@@ -29,9 +29,6 @@ from tomoweave.model import TiltSeries, Tomogram
 from tomoweave.web import create_app
 from tomoweave.web.security import is_loopback
 
-# the tests share one project and build on each other's runs: one xdist worker
-pytestmark = pytest.mark.xdist_group("web_api")
-
 TOMOGRAM_SIZE_XYZ = (64, 48, 32)
 PIXEL_SIZE_A = 10.0
 # bright blobs at these voxels (x, y, z): what the slices must show where they are
