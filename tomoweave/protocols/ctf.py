@@ -156,12 +156,14 @@ def plot_assessment(series: TiltSeries, verdict: CtfAssessment, params: AssessPa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    angles = np.array([t.tilt_deg for t in series.tilts])
-    u = np.array([t.ctf.defocus_u_a for t in series.tilts]) / 1e4
-    v = np.array([t.ctf.defocus_v_a for t in series.tilts]) / 1e4
+    order = np.argsort([t.tilt_deg for t in series.tilts])  # lines follow the tilt angle
+    tilts = [series.tilts[i] for i in order]
+    angles = np.array([t.tilt_deg for t in tilts])
+    u = np.array([t.ctf.defocus_u_a for t in tilts]) / 1e4
+    v = np.array([t.ctf.defocus_v_a for t in tilts]) / 1e4
     resolution = np.array([np.nan if t.ctf.fit_resolution_a is None else t.ctf.fit_resolution_a
-                           for t in series.tilts])
-    flagged = verdict.flagged
+                           for t in tilts])
+    flagged = verdict.flagged[order]
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
     mean = 0.5 * (verdict.mean_defocus_u_a + verdict.mean_defocus_v_a) / 1e4
     top.axhspan(mean * (1 - params.tolerance), mean * (1 + params.tolerance), color="0.92",
@@ -179,6 +181,9 @@ def plot_assessment(series: TiltSeries, verdict: CtfAssessment, params: AssessPa
         bottom.axhline(params.max_fit_resolution_a, color="red", ls="--", lw=0.8,
                        label="fit-resolution limit")
         bottom.legend(fontsize=8)
+    if not np.isfinite(resolution).any():
+        bottom.text(0.5, 0.5, "no fit resolutions in the input", ha="center",
+                    transform=bottom.transAxes)
     bottom.set_xlabel("tilt angle (°)")
     bottom.set_ylabel("fit resolution (Å)")
     figure.tight_layout()
@@ -196,7 +201,8 @@ def plot_ctf_montage(series: TiltSeries, fits: list[CtfFit], path) -> None:
     count = len(fits)
     columns = int(np.ceil(np.sqrt(count + 1)))
     rows = int(np.ceil((count + 1) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.15 * rows),
+    cell = max(2.0, 6.0 / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(cell * columns, 1.08 * cell * rows),
                                 squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
