@@ -401,3 +401,30 @@ def test_tilt_viewer_applies_the_alignment(served, page, test_output_dir):
         x, y = _white_centroid(page)  # raw: where the microscope recorded it
         assert abs(x - scale * raw[0]) < 0.8 * scale and abs(y - scale * raw[1]) < 0.8 * scale
         page.locator("#apply-alignment").check()
+
+
+def test_form_leaves_optional_parameters_unset(served, page):
+    """Optional (None) parameters mean 'the protocol decides': the form must send null, not
+    false or the first choice."""
+    sent = []
+
+    def capture(route):
+        sent.append(json.loads(route.request.post_data))
+        route.fulfill(status=422, content_type="application/json", body=json.dumps(
+            {"detail": {"message": "params.seed: too odd",
+                        "errors": [{"field": "params.seed", "message": "too odd"}]}}))
+
+    page.route("**/api/runs", capture)
+    try:
+        page.goto(served["url"] + "#/new/simulate")
+        page.select_option("#param-beads_on", "no")
+        page.fill("#param-tilt_step_deg", "5")
+        page.click("#launch-button")
+        expect(page.locator('[data-error-for="params.seed"]')).to_have_text("too odd")
+    finally:
+        page.unroute("**/api/runs")
+    params = sent[0]["params"]
+    assert params["particles_on"] is None and params["tilt_scheme"] is None
+    assert params["n_series"] is None and params["exclude_templates"] == []
+    assert params["beads_on"] is False and params["tilt_step_deg"] == 5
+    assert params["preset"] == "test" and params["seed"] == 0  # declared defaults

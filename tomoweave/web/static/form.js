@@ -23,8 +23,15 @@ function boundsText(s) {
 function makeControl(name, s, value) {
   const id = `param-${name}`;
   const choices = s.enum || s.choices;
+  // an optional (None) value means "let the protocol decide": it must stay distinguishable
+  const notSet = s.nullable ? [el("option", { value: "", selected: value === null || value === undefined }, "not set (default)")] : [];
   if (choices) {
-    return el("select", { id, name }, choices.map((c) => el("option", { value: c, selected: c === value }, c)));
+    return el("select", { id, name }, notSet, choices.map((c) => el("option", { value: c, selected: c === value }, c)));
+  }
+  if (s.type === "boolean" && s.nullable) {
+    return el("select", { id, name, "data-kind": "boolean" }, notSet,
+      el("option", { value: "yes", selected: value === true }, "yes"),
+      el("option", { value: "no", selected: value === false }, "no"));
   }
   if (s.type === "boolean") {
     return el("input", { id, name, type: "checkbox", checked: Boolean(value) });
@@ -48,6 +55,7 @@ function readControl(control, s) {
   const raw = control.value.trim();
   if (raw === "" && s.nullable) return null;
   if (raw === "" && (s.type === "array")) return [];
+  if (control.dataset.kind === "boolean") return raw === "yes";
   if (control.tagName === "SELECT") return raw;
   if (s.type === "number" || s.type === "integer") return raw === "" ? raw : Number(raw);
   if (s.type === "array" && s.items && s.items.type === "string") return raw.split(/\n+/).map((x) => x.trim()).filter(Boolean);
