@@ -12,7 +12,7 @@ from test_align_phantom import make_phantom
 
 from tomoweave.algorithms.alignment import solve_alignment, translation_free_rms
 from tomoweave.algorithms.alignment.beads import detect_beads
-from tomoweave.algorithms.alignment.fiducial import NoBeadsError, align_with_beads
+from tomoweave.algorithms.alignment.fiducial import NoBeadsError, align_with_beads, solve_covered
 from tomoweave.algorithms.alignment.offset import tilt_offset_from_intensity
 from tomoweave.algorithms.alignment.xcorr import coarse_align
 from tomoweave.geometry import projection_matrix
@@ -109,3 +109,21 @@ def test_no_beads_is_reported():
     empty = make_phantom(size=96, tilts_deg=np.arange(-30, 31, 10.0), n_beads=0, n_features=500)
     with pytest.raises(NoBeadsError, match="gold beads found"):
         align_with_beads(empty.stack, empty.tilts_deg, 85.0, 6.0)
+
+
+def test_an_undetermined_tilt_axis_falls_back_to_the_nominal_one():
+    # four beads within ±20 px: the fitted axis would be degrees off; its standard error says
+    # so and the nominal axis is kept
+    rng = np.random.default_rng(3)
+    tilts = np.arange(-60, 61, 3.0)
+    points = np.column_stack([rng.uniform(-20, 20, (4, 2)), rng.uniform(-5, 5, 4)])
+    observed = np.stack([
+        (np.c_[points, np.ones(4)] @ projection_matrix(t, 0, 86.0, *rng.normal(0, 5, 2)).T)[:, :2]
+        for t in tilts], axis=1) + rng.normal(0, 0.4, (4, len(tilts), 2))
+    solution, solved = solve_covered(observed, tilts, 85.0)
+    assert solved.all()
+    assert np.all(solution.z_rot_deg == 85.0)
+    assert any("too uncertain" in line for line in solution.log)
+    observed, tilts, *_ = _synthetic_tracks(seed=3, noise_px=0.4)
+    many, _ = solve_covered(observed, tilts, 85.0)
+    assert many.z_rot_sigma_deg < 0.05 and abs(many.z_rot_deg[0] - 85.3) < 0.1

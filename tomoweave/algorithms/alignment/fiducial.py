@@ -88,18 +88,33 @@ def choose_tilt_offset(
     return solution
 
 
+# a global tilt axis less certain than this is not trusted; the nominal axis is kept instead
+MAX_AXIS_SIGMA_DEG = 0.2
+
+
 def solve_covered(observations, tilts_deg, z_rot_deg, min_points_per_tilt=3, **options):
     """Solve on the tilts that have at least ``min_points_per_tilt`` tracked points.
 
-    The offset is left at 0 (see :func:`choose_tilt_offset`)."""
+    The offset is left at 0 (see :func:`choose_tilt_offset`). When a global tilt axis comes
+    out with a standard error above ``MAX_AXIS_SIGMA_DEG`` (few points, small field), the model
+    is solved again with the nominal axis, and the log says so."""
     counts = np.isfinite(observations[..., 0]).sum(axis=0)
     solved = counts >= min_points_per_tilt
     if solved.sum() < 3:
         raise NoBeadsError(
             f"only {int(solved.sum())} tilts have {min_points_per_tilt} or more tracked points"
         )
-    solution = solve_alignment(observations[:, solved], np.asarray(tilts_deg)[solved], z_rot_deg,
-                               solve_tilt_offset=False, **options)
+    tilts = np.asarray(tilts_deg)[solved]
+    solution = solve_alignment(observations[:, solved], tilts, z_rot_deg, solve_tilt_offset=False,
+                               **options)
+    if options.get("z_rot_mode", "global") == "global" and not (
+        solution.z_rot_sigma_deg <= MAX_AXIS_SIGMA_DEG
+    ):
+        found, sigma = float(solution.z_rot_deg[0]), solution.z_rot_sigma_deg
+        solution = solve_alignment(observations[:, solved], tilts, z_rot_deg,
+                                   solve_tilt_offset=False, **{**options, "z_rot_mode": "fixed"})
+        solution.log.append(f"tilt axis {found:.2f}° ± {sigma:.2f}° is too uncertain; "
+                            f"kept the nominal {float(np.mean(z_rot_deg)):.2f}°")
     return solution, solved
 
 

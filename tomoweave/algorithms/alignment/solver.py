@@ -48,6 +48,7 @@ class AlignmentSolution:
     tilt_residual_px: np.ndarray  # (T,) mean residual norm per tilt (NaN if no observation)
     mean_residual_px: float
     tilt_offset_deg: float
+    z_rot_sigma_deg: float = float("nan")  # standard error of a global z_rot
     rejected_observations: int = 0
     rejected_points: int = 0
     log: list[str] = field(default_factory=list)
@@ -261,6 +262,7 @@ class _Fit:
     shifts: np.ndarray
     z_rot: np.ndarray
     log_mag: np.ndarray
+    z_rot_sigma_deg: float = float("nan")
 
 
 def _fit(observations, keep, tilts_deg, z_rot0, z_rot_mode, solve_mag, ref, start):
@@ -280,7 +282,20 @@ def _fit(observations, keep, tilts_deg, z_rot0, z_rot_mode, solve_mag, ref, star
     args = (layout, z_rot0, tilts_deg, 0.0, point_idx, tilt_idx, observed)
     solution = _levenberg_marquardt(lambda p: _residual_and_jacobian(p, *args), x0)
     points, shifts, z_rot, log_mag = layout.unpack(solution, z_rot0)
-    return _Fit(points.copy(), shifts.copy(), z_rot, log_mag)
+    sigma = float("nan")
+    if z_rot_mode == "global":
+        sigma = _parameter_sigma(_residual_and_jacobian(solution, *args), layout.rot.start)
+    return _Fit(points.copy(), shifts.copy(), z_rot, log_mag, sigma)
+
+
+def _parameter_sigma(residual_and_jacobian, index: int) -> float:
+    """Standard error of one parameter from the Gauss-Newton covariance (pseudo-inverse, as
+    gauge directions make the normal matrix singular)."""
+    residual, jac = residual_and_jacobian
+    normal = (jac.T @ jac).toarray()
+    dof = max(1, len(residual) - np.linalg.matrix_rank(normal))
+    variance = float(residual @ residual) / dof
+    return float(np.sqrt(max(np.linalg.pinv(normal, hermitian=True)[index, index], 0) * variance))
 
 
 def _levenberg_marquardt(function, x0: np.ndarray, max_iterations: int = 100) -> np.ndarray:
@@ -442,6 +457,7 @@ def _finish(observations, keep, fit: _Fit, tilts, solve_tilt_offset, initial_obs
         tilt_residual_px=tilt_residual,
         mean_residual_px=float(norms[keep].mean()) if keep.any() else float("nan"),
         tilt_offset_deg=0.0,
+        z_rot_sigma_deg=fit.z_rot_sigma_deg,
         rejected_observations=initial_obs - int(keep.sum()),
         rejected_points=int((np.isfinite(observations[..., 0]).sum(axis=1) > 0).sum())
         - int(kept_points.sum()),
