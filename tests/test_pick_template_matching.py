@@ -86,3 +86,20 @@ def test_template_matching_finds_ribosomes(simulated):
           f"threshold {result.threshold:.3f}")
     assert scores["f1"] >= 0.9, scores
     assert np.median(errors) <= 1.5 * ANGULAR_STEP_DEG
+
+
+def test_tiled_search_equals_one_tile():
+    """Overlapping tiles give the same scores as one tile over the whole volume."""
+    from test_pick_support import degrade, load_template, place_particles
+
+    rng = np.random.default_rng(5)
+    template = load_template("4v4r", 20.0, 18)
+    signal, _, _ = place_particles((30, 60, 70), template, 4, 17, rng)
+    tomogram = degrade(signal, rng, snr=1.0, contrast=-1.0)
+    prepared = tm.PreparedTemplate(-template, tm.spherical_mask(18, 7.5), None)
+    rotations = tm.angular_sampling(60.0)[:6]
+    whole = tm.match_template(tomogram, prepared, rotations)
+    tiled = tm.match_template(tomogram, prepared, rotations, max_tile_voxels=40**3)
+    assert len(tm._tile_grid(tomogram.shape, 10, 40**3)) > 1
+    assert np.allclose(whole.scores, tiled.scores, atol=2e-4)
+    assert np.mean(whole.rotation_index == tiled.rotation_index) > 0.999
