@@ -267,7 +267,7 @@ def test_png_encoding_round_trips_small_and_big_planes():
     from tomoweave.web.imaging import encode_grey_png
 
     rng = np.random.default_rng(3)
-    for shape in ((5, 7), (600, 1000)):  # deflated, and stored (above 512×512 px)
+    for shape in ((5, 7), (600, 1000)):  # deflated, and stored (above 256×256 px)
         grey = rng.integers(0, 256, shape).astype(np.uint8)
         decoded = np.asarray(Image.open(io.BytesIO(encode_grey_png(grey))))
         assert decoded.shape == shape and np.array_equal(decoded, grey)

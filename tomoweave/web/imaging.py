@@ -19,7 +19,7 @@ import numpy as np
 AXES = ("z", "y", "x")  # slice normal: z -> XY plane, y -> XZ plane, x -> YZ plane
 MAX_STAT_SAMPLES = 1_000_000
 _OPEN_LIMIT = 8
-SMALL_PLANE_PX = 512 * 512
+SMALL_PLANE_PX = 256 * 256
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
