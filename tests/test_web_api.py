@@ -242,6 +242,9 @@ def test_picks_are_saved_through_a_pick_manual_run(client, web_project):
     by_run = {s["run"]: s for s in listed}
     assert by_run[name]["editable"] and len(by_run[name]["particles"]) == 2
     assert len(by_run[web_project["picks"].name]["particles"]) == len(PICKS_A)
+    typo = client.post("/api/picks", json={"tomograms": reference, "tomogram": "TS_1",
+                                           "picks_a": [[0, 0, 0]]})
+    assert typo.status_code == 422 and "TS_1" in typo.json()["detail"]["message"]
     bad = client.post("/api/picks", json={"tomograms": reference, "tomogram": "TS_01",
                                           "picks_a": [[0, 0, 0]], "run": web_project["imported"].name})
     assert bad.status_code == 422

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, field_validator
 
-from tomoweave.engine import Input, Output, ProcessContext, Protocol, param
+from tomoweave.engine import Input, InputError, Output, ProcessContext, Protocol, Task, param
 from tomoweave.model import Particle, Tomogram
 
 
@@ -39,6 +39,14 @@ class ManualPick(Protocol):
     Params = ManualPickParams
     inputs = {"tomograms": Input(Tomogram, help="tomograms the particles were picked in")}
     outputs = {"particles": Output(Particle, help="the picked particles (identity orientation)")}
+
+    def plan(self, params: ManualPickParams, inputs: dict[str, Any]) -> list[Task]:
+        names = {tomogram.name for tomogram in inputs.get("tomograms", [])}
+        unknown = sorted(set(params.picks) - names)
+        if unknown:  # a typo would otherwise drop those picks without a word
+            raise InputError(f"picks: tomogram '{unknown[0]}' is not among the input tomograms "
+                             f"({', '.join(sorted(names)) or 'none'})")
+        return super().plan(params, inputs)
 
     def process(self, item: Tomogram, params: ManualPickParams,
                 context: ProcessContext) -> dict[str, Any]:
