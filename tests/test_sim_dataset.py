@@ -251,3 +251,18 @@ def test_membrane_proteins_sit_in_their_membrane_along_its_normal(tmp_path):
         np.testing.assert_allclose(np.array(particle.rotation) @ [0, 0, 1], normal, atol=1e-9)
     model = [p for p in truth.particles() if p.membrane_id is not None]
     assert len(model) == len(on_membrane) and model[0].normal == on_membrane[0].normal
+
+
+def test_defocus_range_gives_each_series_its_own_nominal_defocus(tmp_path):
+    data = simulate_dataset(tmp_path, preset="tiny", seed=1, n_series=3,
+                            defocus_range_a=(20000.0, 50000.0), defocus_sigma_a=300.0)
+    truths = data.truths()
+    nominal = [t.nominal_defocus_a for t in truths]
+    assert all(20000 <= n <= 50000 for n in nominal) and len(set(nominal)) == 3
+    for truth in truths:
+        mean = np.mean([(t.defocus_u_a + t.defocus_v_a) / 2 for t in truth.tilts])
+        assert abs(mean - truth.nominal_defocus_a) < 3 * 300 / np.sqrt(len(truth.tilts)) + 1
+        assert f"TargetDefocus = {-truth.nominal_defocus_a / 1e4:g}" in (
+            tmp_path / truth.mdoc_file).read_text()
+    same = simulate_dataset(tmp_path / "b", preset="tiny", seed=1, n_series=1)
+    assert same.truths()[0].beads_a == truths[0].beads_a  # the rest of the series is unchanged

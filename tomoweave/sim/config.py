@@ -57,6 +57,8 @@ class SimConfig(BaseModel):
     spherical_aberration_mm: float = 2.7
     amplitude_contrast: float = 0.07
     defocus_a: float = Field(30000.0, gt=0, description="nominal defocus, underfocus positive")
+    defocus_range_a: tuple[float, float] | None = Field(
+        None, description="draw each series' nominal defocus uniformly from this range instead")
     defocus_sigma_a: float = Field(800.0, ge=0, description="tilt-to-tilt defocus spread")
     astigmatism_a: float = Field(400.0, ge=0, description="defocus_u - defocus_v")
     ctf_on: bool = True
@@ -82,6 +84,9 @@ class SimConfig(BaseModel):
                              f"expected some of {list(TEMPLATE_NAMES)}")
         if self.tilt_min_deg > self.tilt_max_deg:
             raise ValueError("tilt_min_deg must not exceed tilt_max_deg")
+        if self.defocus_range_a is not None and not 0 < self.defocus_range_a[0] <= (
+                self.defocus_range_a[1]):
+            raise ValueError("defocus_range_a must be (low, high) with 0 < low <= high")
         if max(abs(self.tilt_min_deg), abs(self.tilt_max_deg)) >= 89:
             raise ValueError("tilts must stay within ±89°")
         return self

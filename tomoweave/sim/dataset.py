@@ -91,6 +91,10 @@ def simulate_series(config: SimConfig, index: int, seed: int, out_dir: Path,
                     preset: str = "custom") -> SimulatedSeries:
     """Simulate series number ``index`` (0-based) of a data set and write its files."""
     name = series_name(config, index)
+    if config.defocus_range_a is not None:  # own stream: the rest of the series stays the same
+        low, high = config.defocus_range_a
+        nominal_a = float(np.random.default_rng([seed, index, 1]).uniform(low, high))
+        config = config.model_copy(update={"defocus_a": nominal_a})
     rng = np.random.default_rng([seed, index])
     specimen = build_specimen(config, rng)
     tilts = _draw_tilts(config, rng)
