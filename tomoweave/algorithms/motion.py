@@ -22,11 +22,12 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
-from tomoweave.algorithms.preprocess import exposure_weights
+from tomoweave.algorithms.preprocess import critical_exposure_e_a2
 
 # Frames are tapered at their edges for the alignment only: content entering and leaving the
 # field of view would otherwise correlate as a fixed edge.
 _EDGE_TAPER = 0.15
+_MAX_ALIGN_PX = 1024
 
 
 @dataclass
@@ -82,7 +83,8 @@ def correct_motion(
     drift, iterations = estimate_global_drift(frames, pixel_size_a, bfactor_px2, max_shift_a)
     drift = smooth_trajectory(drift, trajectory_degree)
     spectra = scipy.fft.rfft2(frames, workers=-1)
-    spectra *= _phase_ramps(frames.shape[1:], -drift, spectra.shape[1:])
+    for index in range(len(frames)):  # frame by frame: a 4k movie's ramps would not fit twice
+        spectra[index] *= _phase_ramps(frames.shape[1:], -drift[index], spectra.shape[1:])[0]
     result_notes: list[str] = []
     local_rms = 0.0
     if patches >= 2:
@@ -96,12 +98,8 @@ def correct_motion(
             result_notes.append(f"{reason}: global correction only")
     exposures = pre_exposure_e_a2 + (np.arange(len(frames)) + 0.5) * dose_per_frame_e_a2
     use_weights = dose_weighting and dose_per_frame_e_a2 > 0
-    sums = [
-        _weighted_sum(spectra, indices, exposures, pixel_size_a, voltage_kv, use_weights,
-                      frames.shape[1:])
-        for indices in (np.arange(len(frames)), np.arange(0, len(frames), 2),
-                        np.arange(1, len(frames), 2))
-    ]
+    sums = _weighted_sums(spectra, exposures, pixel_size_a, voltage_kv, use_weights,
+                          frames.shape[1:])
     return MotionResult(sums[0], sums[1], sums[2], drift, local_rms, iterations, result_notes)
 
 
@@ -121,7 +119,7 @@ def estimate_global_drift(
     pixel_size_a: float,
     bfactor_px2: float = 100.0,
     max_shift_a: float = 1000.0,
-    max_iterations: int = 30,
+    max_iterations: int = 10,
     tolerance_px: float = 0.005,
 ) -> tuple[np.ndarray, int]:
     """Per-frame drift (n, 2) [(dx, dy)] in px relative to frame 0, and the iterations used."""
@@ -180,7 +178,7 @@ def estimate_local_motion(
             patch = aligned[:, y0: y0 + size_y, x0: x0 + size_x]
             patch = (patch - patch.mean(axis=(1, 2), keepdims=True)) * window
             drift, _ = estimate_global_drift(patch, pixel_size_a, bfactor_px2,
-                                             0.25 * size_x * pixel_size_a)
+                                             0.25 * size_x * pixel_size_a, max_iterations=5)
             rows.append(((cx - nx / 2) / nx, (cy - ny / 2) / ny))
             values.append(drift)
     return _fit_motion_field(np.array(rows), np.array(values), (n, ny, nx), time_degree)
@@ -230,22 +228,42 @@ def _warp_frames(aligned: np.ndarray, fields: np.ndarray) -> np.ndarray:
     return out
 
 
-def _weighted_sum(spectra, indices, exposures, pixel_size_a, voltage_kv, use_weights, shape):
-    if len(indices) == 0:
-        return np.zeros(shape, dtype=np.float32)
-    if not use_weights:
-        return scipy.fft.irfft2(spectra[indices].sum(axis=0), s=shape, workers=-1).astype(
-            np.float32
-        )
-    total = np.zeros(spectra.shape[1:], dtype=np.complex64)
-    norm = np.zeros(spectra.shape[1:], dtype=np.float32)
-    for index in indices:
-        weight = exposure_weights(shape, pixel_size_a, float(exposures[index]), voltage_kv)
-        total += spectra[index] * weight
-        norm += weight * weight
-    # Scale so the noise power of the weighted sum equals that of the plain sum at every frequency.
-    total *= np.sqrt(len(indices) / np.maximum(norm, 1e-12))
-    return scipy.fft.irfft2(total, s=shape, workers=-1).astype(np.float32)
+def _weighted_sums(spectra, exposures, pixel_size_a, voltage_kv, use_weights, shape):
+    """Dose-weighted sums of all, even and odd frames (float32 images), one pass over frames.
+
+    Each sum is scaled per frequency so its noise power equals that of the plain sum of the
+    same frames; without weights the sums are plain.
+    """
+    n = len(spectra)
+    groups = (np.arange(n), np.arange(0, n, 2), np.arange(1, n, 2))
+    totals = [np.zeros(spectra.shape[1:], dtype=np.complex64) for _ in groups]
+    norms = [np.zeros(spectra.shape[1:], dtype=np.float32) for _ in groups]
+    unit = np.ones(spectra.shape[1:], dtype=np.float32)
+    if use_weights:
+        fy = np.fft.fftfreq(shape[0], d=pixel_size_a)[:, None]
+        fx = np.fft.rfftfreq(shape[1], d=pixel_size_a)[None, :]
+        half_inverse = (-0.5 / critical_exposure_e_a2(np.sqrt(fx * fx + fy * fy), voltage_kv))
+        half_inverse = half_inverse.astype(np.float32)
+    for index in range(n):
+        if use_weights:
+            weight = np.exp(half_inverse * np.float32(exposures[index]))
+            weight[0, 0] = 1.0
+        else:
+            weight = unit
+        weighted = spectra[index] * weight
+        for total, norm, members in zip(totals, norms, groups, strict=True):
+            if index in members:
+                total += weighted
+                norm += weight * weight
+    images = []
+    for total, norm, members in zip(totals, norms, groups, strict=True):
+        if len(members) == 0:
+            images.append(np.zeros(shape, dtype=np.float32))
+            continue
+        if use_weights:
+            total *= np.sqrt(len(members) / np.maximum(norm, 1e-12))
+        images.append(scipy.fft.irfft2(total, s=shape, workers=-1).astype(np.float32))
+    return images
 
 
 def shift_image(image: np.ndarray, shift_px: tuple[float, float]) -> np.ndarray:
@@ -256,21 +274,26 @@ def shift_image(image: np.ndarray, shift_px: tuple[float, float]) -> np.ndarray:
 
 
 def _phase_ramps(full_shape, shifts_px, grid_shape):
-    """exp(-2πi k·s) for each shift (n, 2) on a (possibly cropped) rfft grid of ``full_shape``."""
+    """exp(-2πi k·s) for each shift (n, 2) on a (possibly cropped) rfft grid of ``full_shape``.
+
+    Built as outer products of 1D ramps (the exponential is separable), which is far cheaper
+    than evaluating it on every frequency of a 4k grid.
+    """
     rows, cols = grid_shape
     ky = np.fft.fftfreq(rows, d=1.0) * rows / full_shape[0]
     kx = np.arange(cols) / full_shape[1]
     shifts_px = np.atleast_2d(shifts_px)
-    phase = (kx[None, None, :] * shifts_px[:, 0, None, None]
-             + ky[None, :, None] * shifts_px[:, 1, None, None])
-    return np.exp(-2j * np.pi * phase).astype(np.complex64)
+    ramp_x = np.exp(-2j * np.pi * kx[None, :] * shifts_px[:, 0, None]).astype(np.complex64)
+    ramp_y = np.exp(-2j * np.pi * ky[None, :] * shifts_px[:, 1, None]).astype(np.complex64)
+    return ramp_y[:, :, None] * ramp_x[:, None, :]
 
 
-def _crop_shape(shape, bfactor_px2):
-    """Smallest even grid holding the frequencies where the B-factor weight is above 1e-3."""
-    if bfactor_px2 <= 0:
-        return shape
-    k_max_px = np.sqrt(4.0 * np.log(1e3) / bfactor_px2)
+def _crop_shape(shape, bfactor_px2, max_size_px=_MAX_ALIGN_PX):
+    """Smallest even grid holding the frequencies where the B-factor weight is above 1e-3,
+    at most ``max_size_px`` on a side (4k frames are aligned on a 1k grid: the shifts are still
+    sub-pixel exact because they are applied as phase ramps and re-measured near zero)."""
+    k_max_px = 0.5 if bfactor_px2 <= 0 else min(0.5, np.sqrt(4.0 * np.log(1e3) / bfactor_px2))
+    k_max_px = min(k_max_px, 0.5 * max_size_px / max(shape))
     if k_max_px >= 0.5:
         return shape
     return tuple(max(32, _even(int(np.ceil(2 * k_max_px * size)))) for size in shape)
