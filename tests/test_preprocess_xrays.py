@@ -92,3 +92,24 @@ def test_erase_and_dose_filter_protocols_keep_every_tilt_and_its_metadata(tmp_pa
     # the last tilt exposed loses more of its high frequencies than the first
     assert np.std(last - raw_last) > 2 * np.std(first - raw_first)
     assert [t.tilt_deg for t in dosed.tilts] == [t.tilt_deg for t in series.tilts]
+
+
+def test_a_tilt_with_nan_pixels_fails_its_series_and_the_others_go_on(tmp_path):
+    import mrcfile
+
+    rng = np.random.default_rng(4)
+    for name in ("TS_01", "TS_02"):
+        stack = np.stack([_noisy_specimen(rng, 64) for _ in range(3)])
+        path = write_mrc(tmp_path / "data" / f"{name}.mrc", stack, 2.0, stack=True)
+        path.with_suffix(".tlt").write_text("-20\n0\n20\n")
+    with mrcfile.open(tmp_path / "data" / "TS_02.mrc", mode="r+") as mrc:
+        mrc.data[1, 10:20, 10:20] = np.nan  # a corrupted read-out
+    project = Project.init(tmp_path / "project")
+    imported = project.run("import.tiltseries", params={
+        "files": [str(tmp_path / "data" / "TS_*.mrc")]}, executor="inline")
+    run = project.run("tiltseries.erase_xrays", inputs={"tilt_series": imported.name},
+                      executor="inline")
+    assert run.state == "finished with failures"
+    assert [s.name for s in project.items(run)] == ["TS_01"]
+    error = project.catalog.journal(run.id)["TS_02"]["error"]
+    assert "TS_02.mrc" in error and "NaN" in error and "tilt 0°" in error
