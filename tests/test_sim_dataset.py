@@ -266,3 +266,29 @@ def test_defocus_range_gives_each_series_its_own_nominal_defocus(tmp_path):
             tmp_path / truth.mdoc_file).read_text()
     same = simulate_dataset(tmp_path / "b", preset="tiny", seed=1, n_series=1)
     assert same.truths()[0].beads_a == truths[0].beads_a  # the rest of the series is unchanged
+
+
+@pytest.mark.parametrize("movies_on", [False, True])
+def test_xray_hits_are_where_the_truth_says(tmp_path, movies_on):
+    data = simulate_dataset(tmp_path, preset="tiny", seed=13, xrays_per_tilt=5,
+                            movies_on=movies_on, n_frames=3)
+    plain = simulate_dataset(tmp_path / "plain", preset="tiny", seed=13, movies_on=movies_on,
+                             n_frames=3)
+    truth = data.series[0].truth()
+    stack, _ = read_mrc(data.series[0].stack_path)
+    clean, _ = read_mrc(plain.series[0].stack_path)
+    assert plain.series[0].truth().beads_a == truth.beads_a
+    for index, tilt in enumerate(truth.tilts):
+        assert len(tilt.xrays_px) == 5
+        excess = stack[index] - clean[index]
+        for x, y in tilt.xrays_px:
+            if not (2 <= x < 62 and 2 <= y < 62):
+                continue
+            # the hit (moved back by its frame's drift in movies) stands out by > 3x the mean
+            assert excess[y - 1:y + 2, x - 1:x + 2].max() > 3 * clean[index].mean()
+        if movies_on:
+            assert len(tilt.xray_frames) == 5
+            frames, _ = read_mrc(data.series[0].frame_paths[index])
+            clean_frames, _ = read_mrc(plain.series[0].frame_paths[index])
+            hits = np.argwhere(frames - clean_frames > 10 * clean_frames.mean())
+            assert sorted(hits[:, 0].tolist()) == sorted(tilt.xray_frames)

@@ -24,7 +24,7 @@ from tomoweave.sim.truth import SeriesTruth
 OVERRIDES = ("pixel_size_a", "image_size_px", "thickness_a", "particles_on", "beads_on",
              "membranes_on", "noise_on", "movies_on", "n_frames", "tilt_scheme", "tilt_min_deg",
              "tilt_max_deg", "tilt_step_deg", "misalignment", "defocus_a", "defocus_range_a",
-             "dose_per_tilt_e_a2", "ctf_on", "damping_on", "tilt_axis_deg")
+             "dose_per_tilt_e_a2", "ctf_on", "damping_on", "tilt_axis_deg", "xrays_per_tilt")
 
 
 class SimulateParams(BaseModel):
@@ -57,6 +57,7 @@ class SimulateParams(BaseModel):
         None, unit="Å", help="draw each series' nominal defocus from this range (low, high)")
     dose_per_tilt_e_a2: float | None = param(None, gt=0, unit="e/Å²", help="dose per tilt")
     ctf_on: bool | None = param(None, help="apply the CTF")
+    xrays_per_tilt: int | None = param(None, ge=0, help="single-pixel X-ray hits per tilt")
     damping_on: bool | None = param(None, help="apply exposure-dependent damping")
 
 

@@ -69,6 +69,9 @@ class SimConfig(BaseModel):
     noise_on: bool = True
     damping_on: bool = True
     ice_mean_free_path_a: float = Field(3500.0, gt=0)
+    # detector defects: single-pixel X-ray hits (in a random frame when movies are made)
+    xrays_per_tilt: int = Field(0, ge=0)
+    xray_strength: float = Field(30.0, gt=0, description="hit value / mean counts of the image")
     # movies
     movies_on: bool = False
     n_frames: int = Field(8, ge=1)

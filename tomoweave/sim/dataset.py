@@ -98,7 +98,7 @@ def simulate_series(config: SimConfig, index: int, seed: int, out_dir: Path,
     rng = np.random.default_rng([seed, index])
     specimen = build_specimen(config, rng)
     tilts = _draw_tilts(config, rng)
-    images = _form_images(config, specimen, tilts, rng)
+    images = _form_images(config, specimen, tilts, rng, np.random.default_rng([seed, index, 2]))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     truth_dir = out_dir / TRUTH_DIR
@@ -168,7 +168,7 @@ def _pad_px(config: SimConfig) -> int:
 
 
 def _form_images(config: SimConfig, specimen: Specimen, tilts: list[TruthTilt],
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+                 rng: np.random.Generator, xray_rng: np.random.Generator) -> dict[str, np.ndarray]:
     size = config.image_size_px
     shape = (size, size)
     pad = _pad_px(config)
@@ -198,12 +198,21 @@ def _form_images(config: SimConfig, specimen: Specimen, tilts: list[TruthTilt],
         if config.movies_on:
             drift = np.array(tilt.drift_px)
             movie = imaging.movie_frames(expected, pad, shape, drift, config.noise_on, rng)
+            if config.xrays_per_tilt:
+                hit_frames, hits = imaging.add_xrays(movie, config.xrays_per_tilt,
+                                                     config.xray_strength, xray_rng)
+                tilt.xray_frames = hit_frames.tolist()
+                tilt.xrays_px = np.rint(hits - drift[hit_frames]).astype(int).tolist()
             frames.append(movie)
             stack[index] = imaging.align_and_sum_frames(movie, drift, pad)
         elif config.noise_on:
             stack[index] = rng.poisson(noise_free[index]).astype(np.float32)
         else:
             stack[index] = noise_free[index]
+        if config.xrays_per_tilt and not config.movies_on:
+            _, hits = imaging.add_xrays(stack[index:index + 1], config.xrays_per_tilt,
+                                        config.xray_strength, xray_rng)
+            tilt.xrays_px = hits.tolist()
     return {"stack": stack, "projections": projections, "noise_free": noise_free,
             "frames": frames}
 

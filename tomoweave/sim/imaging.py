@@ -168,3 +168,15 @@ def align_and_sum_frames(frames: np.ndarray, drift_px: np.ndarray, pad_px: int) 
         back = fourier_shift(padded, (-shift[0], -shift[1]))
         total += back[pad_px:pad_px + ny, pad_px:pad_px + nx]
     return total.astype(np.float32)
+
+
+def add_xrays(images: np.ndarray, count: int, strength: float,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Add ``count`` single-pixel hits of ``strength`` × the mean to random images of a stack
+    (n, ny, nx) in place. Returns (image index, (x, y)) of each hit."""
+    n_images, ny, nx = images.shape
+    which = rng.integers(0, n_images, size=count)
+    xy = np.stack([rng.integers(0, nx, size=count), rng.integers(0, ny, size=count)], axis=1)
+    for image, (x, y) in zip(which, xy, strict=True):
+        images[image, y, x] += strength * float(images[image].mean())
+    return which, xy

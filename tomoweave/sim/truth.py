@@ -41,6 +41,8 @@ class TruthTilt(_Strict):
     dose_e_a2: float
     drift_px: list[list[float]] | None = None
     movie_file: str | None = None
+    xrays_px: list[list[int]] | None = None  # (x, y) of each X-ray hit, in the stack image
+    xray_frames: list[int] | None = None  # frame of each hit when movies are made
 
     def projection_matrix(self) -> np.ndarray:
         return projection_matrix(self.y_tilt_deg, self.x_tilt_deg, self.z_rot_deg,
