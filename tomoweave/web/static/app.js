@@ -4,7 +4,8 @@ import { showForm } from "./form.js";
 import { showRun } from "./run.js";
 import { showTomogram } from "./tomogram.js";
 import { showTiltSeries } from "./tiltseries.js";
-import { showCtf, showAverage } from "./ctf.js";
+import { showAverage } from "./ctf.js";
+import { showCtf } from "./ctf_assistant.js";
 
 const listeners = new Set();
 let routeCount = 0;
