@@ -73,7 +73,7 @@ class ImportVolume(Protocol):
                 context: ProcessContext) -> dict[str, Any]:
         name = series_name(Path(payload["file"]))
         link = _link(context, payload["file"], f"{name}.mrc")
-        context.log(f"{name}: {payload['size_xyz'][0]}³ at {payload['pixel_size_a']:.3f} Å/px, "
+        context.log(f"{payload['size_xyz'][0]}³ at {payload['pixel_size_a']:.3f} Å/px, "
                     f"symmetry {params.symmetry}")
         return {"volume": Volume(name=name, path=link, pixel_size_a=payload["pixel_size_a"],
                                  size_xyz=tuple(payload["size_xyz"]),
@@ -98,7 +98,7 @@ class ImportTomogram(Protocol):
         name = series_name(Path(payload["file"]))
         link = _link(context, payload["file"], f"{name}.mrc")
         nx, ny, nz = payload["size_xyz"]
-        context.log(f"{name}: {nx}x{ny}x{nz} at {payload['pixel_size_a']:.3f} Å/voxel")
+        context.log(f"{nx}x{ny}x{nz} at {payload['pixel_size_a']:.3f} Å/voxel")
         return {"tomograms": Tomogram(name=name, path=link, pixel_size_a=payload["pixel_size_a"],
                                       size_xyz=(nx, ny, nz), tilt_series=params.tilt_series,
                                       method="imported")}

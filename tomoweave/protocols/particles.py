@@ -104,12 +104,11 @@ class Consensus(Protocol):
                 "name": f"{best.tomogram}_c{index:04d}",
                 "position_a": tuple(float(v) for v in position)}))
         stats = result.statistics
-        key = kept[0].tomogram if kept else "tomogram"
-        context.log(f"{key}: sets of {stats['set_sizes']} particles; groups by number of sets "
+        context.log(f"sets of {stats['set_sizes']} particles; groups by number of sets "
                     f"agreeing {stats['groups_by_support']}; pairwise agreement "
                     f"{ {k: round(v, 3) for k, v in stats['pairwise_agreement'].items()} }; "
                     f"kept {len(kept)} (K = {params.min_sets})")
-        name = sets[0][0].tomogram if sets and sets[0] else key
+        name = next((group[0].tomogram for group in sets if group), "tomogram")
         context.output_path(f"{name}_consensus.json").write_text(
             json.dumps({k: v if not isinstance(v, dict) else {str(a): b for a, b in v.items()}
                         for k, v in stats.items()}, indent=1))
@@ -138,7 +137,7 @@ class RemoveDuplicates(_PerTomogram):
         kept = [particles[group[0]].model_copy(update={
             "position_a": tuple(float(v) for v in position)})
             for position, group in zip(merged, members, strict=True)]
-        context.log(f"{particles[0].tomogram}: {len(particles)} -> {len(kept)} particles "
+        context.log(f"{len(particles)} -> {len(kept)} particles "
                     f"({len(particles) - len(kept)} duplicates merged within "
                     f"{params.distance_a:g} Å)")
         return {"particles": kept}
@@ -172,7 +171,7 @@ class FilterNormal(_PerTomogram):
         kept = [p.model_copy(update={"normal": tuple(float(v) for v in n)})
                 for p, n, a in zip(particles, normals, angles, strict=True)
                 if a <= params.tolerance_deg]
-        context.log(f"{particles[0].tomogram}: kept {len(kept)} of {len(particles)} within "
+        context.log(f"kept {len(kept)} of {len(particles)} within "
                     f"{params.tolerance_deg:g}° of the normal (median angle "
                     f"{np.median(angles):.1f}°)")
         return {"particles": kept}
@@ -280,7 +279,7 @@ class FilterParticles(_PerTomogram):
                  if m.tomogram == particles[0].tomogram]
         if masks:
             keep &= self._mask_test(positions, masks[0], params, context)
-        context.log(f"{particles[0].tomogram}: kept {int(keep.sum())} of {len(particles)}")
+        context.log(f"kept {int(keep.sum())} of {len(particles)}")
         return {"particles": [p for p, k in zip(particles, keep, strict=True) if k]}
 
     @staticmethod
@@ -366,6 +365,6 @@ class ExtractParticles(Protocol):
                 name=particle.name, particle=particle, path=context.relative(path),
                 weight_path=weight_path, pixel_size_a=pixel_out,
                 box_size_px=params.box_size_px))
-        context.log(f"{tomogram.name}: {len(subtomograms)} boxes of {params.box_size_px} px at "
+        context.log(f"{len(subtomograms)} boxes of {params.box_size_px} px at "
                     f"{pixel_out:g} Å/px")
         return {"subtomograms": subtomograms}

@@ -112,7 +112,7 @@ class PickTemplate(Protocol):
         template_pixel_a = template_item.pixel_size_a or template_pixel_a
         pixel = item.pixel_size_a
         if abs(template_pixel_a / pixel - 1) > 1e-3:
-            context.log(f"{item.name}: template {template_item.name} at {template_pixel_a:g} Å "
+            context.log(f"template {template_item.name} at {template_pixel_a:g} Å "
                         f"rescaled to the tomogram's {pixel:g} Å (factor "
                         f"{template_pixel_a / pixel:.3f})")
         series = _series_of(item, context.inputs.get("tilt_series") or [])
@@ -124,7 +124,7 @@ class PickTemplate(Protocol):
                                            params.particle_diameter_a, params.particle_contrast,
                                            tilt_range, lowpass_a, ctf)
         ctf_text = f"defocus {ctf['defocus_a']:.0f} Å" if ctf else "off"
-        context.log(f"{item.name}: tilt range {tilt_range[0]:g}…{tilt_range[1]:g}°, CTF "
+        context.log(f"tilt range {tilt_range[0]:g}…{tilt_range[1]:g}°, CTF "
                     f"{ctf_text}, low-pass "
                     f"{lowpass_a:g} Å, template box {prepared.box}")
         result = pick_with_template(
@@ -132,7 +132,7 @@ class PickTemplate(Protocol):
             symmetry, params.max_particles, params.score_threshold, params.threshold_method,
             lowpass_a, params.mask_gold, params.refine_orientations)
         for message in result.messages:
-            context.log(f"{item.name}: {message}")
+            context.log(message)
         centre = np.array(tomogram.shape[::-1]) // 2
         positions_a = (result.positions_xyz_px - centre) * pixel
         particles = [
@@ -193,7 +193,7 @@ class PickMembrane(Protocol):
                      rotation=membranes.rotation_from_normal(n).tolist(),
                      membrane_id=int(m), normal=tuple(float(v) for v in n))
             for i, (p, n, m) in enumerate(zip(positions, normals, ids, strict=True))]
-        context.log(f"{item.name}: {segmentation.count} membranes, {len(particles)} points "
+        context.log(f"{segmentation.count} membranes, {len(particles)} points "
                     f"every {params.spacing_a:g} Å")
         particles_png(tomogram, positions, None, context.output_path(f"{item.name}_membrane.png"),
                       f"{item.name}: {len(particles)} membrane points", 3.0)

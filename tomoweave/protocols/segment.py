@@ -51,7 +51,7 @@ class SegmentMembranes(Protocol):
         path = write_mrc(context.output_path(f"{item.name}_membranes.mrc"),
                          result.labels.astype(np.float32), item.pixel_size_a)
         sizes = np.bincount(result.labels.ravel())[1:]
-        context.log(f"{item.name}: {result.count} membranes (sheetness threshold "
+        context.log(f"{result.count} membranes (sheetness threshold "
                     f"{result.threshold:.3g}; voxels per membrane {sizes.tolist()[:10]})")
         _labels_png(tomogram, result.labels, context.output_path(f"{item.name}_membranes.png"),
                     f"{item.name}: {result.count} membranes")
