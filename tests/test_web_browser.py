@@ -383,6 +383,7 @@ def test_tilt_viewer_applies_the_alignment(served, page, test_output_dir):
     register_protocol(AlignedDots)
     dots = served["project"].run(AlignedDots.name, executor="inline")
     page.goto(served["url"] + f"#/tiltseries/{dots.id}/tilt_series/DOTS")
+    expect(page.locator(".page-head h1")).to_have_text("Tilt series DOTS")  # not a previous page
     canvas = page.locator("#tilt-canvas")
     for position, shift in ((0, DOT_SHIFTS_A[0]), (2, DOT_SHIFTS_A[2])):
         page.locator("#tilt-slider").fill(str(position))
