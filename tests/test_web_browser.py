@@ -418,6 +418,7 @@ def test_form_leaves_optional_parameters_unset(served, page):
     page.route("**/api/runs", capture)
     try:
         page.goto(served["url"] + "#/new/simulate")
+        expect(page.locator(".page-head h1")).to_contain_text("Simulate tilt series")
         page.select_option("#param-beads_on", "no")
         page.fill("#param-tilt_step_deg", "5")
         page.click("#launch-button")

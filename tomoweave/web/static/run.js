@@ -69,81 +69,104 @@ function provenanceBlock(run) {
       el("dt", {}, "folder"), el("dd", { class: "mono" }, run.folder)));
 }
 
-export async function showRun(view, runId) {
-  const head = el("div", { class: "page-head" });
-  const body = el("div");
-  const log = el("pre", { class: "log", id: "run-log" });
-  view.append(head, body);
-  let logOffset = 0;
-  let lastState = null;
+function picturesBlock(run) {
+  if (!run.pictures.length) return "";
+  return el("div", { class: "panel" }, el("h2", {}, "Pictures"),
+    el("div", { class: "pictures" }, run.pictures.map((path) => el("figure", {},
+      el("a", { href: `/api/file?path=${encodeURIComponent(path)}`, target: "_blank" },
+        el("img", { src: `/api/file?path=${encodeURIComponent(path)}`, alt: path, loading: "lazy" })),
+      el("figcaption", { class: "muted" }, path.split("/").pop())))));
+}
 
-  let lastText = "";
-  const render = async () => {
-    const run = await api(`/api/runs/${runId}`);
-    const text = JSON.stringify(run);
-    if (text === lastText) { tail(); return run; }  // nothing new: keep the page as it is
-    lastText = text;
-    const label = run.protocol_info ? run.protocol_info.label : run.protocol;
-    const running = run.state === "running" || run.state === "queued";
-    const message = el("div", { class: "status-line", id: "action-status" });
-    const act = async (path, verb) => {
-      message.textContent = `${verb}…`;
-      try { await api(path, { method: "POST" }); message.textContent = `${verb}: done`; render(); } catch (e) { message.textContent = e.message; message.className = "status-line error"; }
-    };
-    head.replaceChildren(
-      el("div", {}, el("h1", {}, label, " ", el("span", { class: "muted" }, `#${run.id} ${run.name}`)),
-        el("p", {}, stateBadge(run.state), " ", `${run.items_done} item(s) done`,
-          run.items_failed ? el("span", { class: "error-text" }, `, ${run.items_failed} failed`) : "",
-          run.error ? el("div", { class: "error-text" }, run.error) : "")),
-      el("div", {}, el("div", { class: "buttons" },
-        el("button", { class: "danger", id: "stop-button", disabled: run.state !== "running", onclick: () => act(`/api/runs/${run.id}/stop`, "Stopping") }, "Stop"),
-        el("button", { class: "secondary", id: "resume-button", disabled: running, title: "continue: finished unchanged items are skipped",
-          onclick: () => act(`/api/runs/${run.id}/resume`, "Resuming") }, "Resume"),
-        el("button", { class: "secondary", id: "rerun-button", title: "open the form with this run's parameters",
-          onclick: () => { location.hash = `#/new/${run.protocol}?from=${run.id}`; } }, "Re-run with changes…")), message));
-    body.replaceChildren(
-      el("div", { class: "grid2" },
-        el("div", { class: "panel" }, el("h2", {}, "Parameters"), paramTable(run)),
-        el("div", {}, el("div", { class: "panel" }, el("h2", {}, "Inputs"), inputsBlock(run)),
-          el("div", { class: "panel" }, el("h2", {}, "Outputs"), outputsBlock(run)))),
-      run.pictures.length ? el("div", { class: "panel" }, el("h2", {}, "Pictures"),
-        el("div", { class: "pictures" }, run.pictures.map((path) => el("figure", {},
-          el("a", { href: `/api/file?path=${encodeURIComponent(path)}`, target: "_blank" },
-            el("img", { src: `/api/file?path=${encodeURIComponent(path)}`, alt: path, loading: "lazy" })),
-          el("figcaption", { class: "muted" }, path.split("/").pop()))))) : "",
-      el("div", { class: "panel" }, el("h2", {}, "Items"), journalTable(run)),
-      el("div", { class: "panel" }, el("h2", {}, "Log ", el("span", { class: "muted" }, `${run.folder}/logs/run.log`)), log),
-      el("div", { class: "panel" }, provenanceBlock(run)));
-    lastState = run.state;
-    tail();
-    return run;
-  };
+function runHeader(run, act, message) {
+  const label = run.protocol_info ? run.protocol_info.label : run.protocol;
+  const running = run.state === "running" || run.state === "queued";
+  return [
+    el("div", {}, el("h1", {}, label, " ", el("span", { class: "muted" }, `#${run.id} ${run.name}`)),
+      el("p", {}, stateBadge(run.state), " ", `${run.items_done} item(s) done`,
+        run.items_failed ? el("span", { class: "error-text" }, `, ${run.items_failed} failed`) : "",
+        run.error ? el("div", { class: "error-text" }, run.error) : "")),
+    el("div", {}, el("div", { class: "buttons" },
+      el("button", { class: "danger", id: "stop-button", disabled: run.state !== "running",
+        onclick: () => act(`/api/runs/${run.id}/stop`, "Stopping") }, "Stop"),
+      el("button", { class: "secondary", id: "resume-button", disabled: running, title: "continue: finished unchanged items are skipped",
+        onclick: () => act(`/api/runs/${run.id}/resume`, "Resuming") }, "Resume"),
+      el("button", { class: "secondary", id: "rerun-button", title: "open the form with this run's parameters",
+        onclick: () => { location.hash = `#/new/${run.protocol}?from=${run.id}`; } }, "Re-run with changes…")), message)];
+}
 
-  let tailing = false;
-  const tail = async () => {
-    if (tailing) return;
-    tailing = true;
-    try { await tailOnce(); } finally { tailing = false; }
-  };
-  const tailOnce = async () => {
-    const chunk = await api(`/api/runs/${runId}/log?offset=${logOffset}`);
+function runBody(run, log) {
+  return [
+    el("div", { class: "grid2" },
+      el("div", { class: "panel" }, el("h2", {}, "Parameters"), paramTable(run)),
+      el("div", {}, el("div", { class: "panel" }, el("h2", {}, "Inputs"), inputsBlock(run)),
+        el("div", { class: "panel" }, el("h2", {}, "Outputs"), outputsBlock(run)))),
+    picturesBlock(run),
+    el("div", { class: "panel" }, el("h2", {}, "Items"), journalTable(run)),
+    el("div", { class: "panel" }, el("h2", {}, "Log ", el("span", { class: "muted" }, `${run.folder}/logs/run.log`)), log),
+    el("div", { class: "panel" }, provenanceBlock(run))];
+}
+
+// The live tail of logs/run.log (or of the scheduler's output when the run died before logging).
+class LogTail {
+  constructor(runId) {
+    this.runId = runId;
+    this.offset = 0;
+    this.busy = false;
+    this.node = el("pre", { class: "log", id: "run-log" });
+  }
+
+  async update() {
+    if (this.busy) return;
+    this.busy = true;
+    try { await this.fetchMore(); } finally { this.busy = false; }
+  }
+
+  async fetchMore() {
+    const log = this.node;
+    const chunk = await api(`/api/runs/${this.runId}/log?offset=${this.offset}`);
     if (chunk.text) {
       const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 20;
       log.textContent += chunk.text;
       if (atBottom) log.scrollTop = log.scrollHeight;
     }
-    logOffset = chunk.offset;
+    this.offset = chunk.offset;
     if (!log.textContent) {
-      const scheduler = await api(`/api/runs/${runId}/log?which=scheduler`);
+      const scheduler = await api(`/api/runs/${this.runId}/log?which=scheduler`);
       if (scheduler.text) log.textContent = scheduler.text;
     }
-  };
+  }
+}
 
+export async function showRun(view, runId) {
+  const head = el("div", { class: "page-head" });
+  const body = el("div");
+  const log = new LogTail(runId);
+  view.append(head, body);
+  let lastText = "";
+  let lastState = null;
+  const render = async () => {
+    const run = await api(`/api/runs/${runId}`);
+    const text = JSON.stringify(run);
+    log.update();
+    if (text === lastText) return;  // nothing new: keep the page as it is
+    lastText = text;
+    lastState = run.state;
+    const message = el("div", { class: "status-line", id: "action-status" });
+    const act = async (path, verb) => {
+      message.textContent = `${verb}…`;
+      try {
+        await api(path, { method: "POST" });
+        message.textContent = `${verb}: done`;
+        render();
+      } catch (e) { message.textContent = e.message; message.className = "status-line error"; }
+    };
+    head.replaceChildren(...runHeader(run, act, message));
+    body.replaceChildren(...runBody(run, log.node));
+  };
   await render();
   onProjectEvent((event) => { if (event.run_id === runId) render(); });
-  const timer = setInterval(() => {
-    if (lastState === "running" || lastState === "queued") { tail(); }
-  }, 1000);
+  const fast = setInterval(() => { if (lastState === "running" || lastState === "queued") log.update(); }, 1000);
   const slow = setInterval(render, 5000);
-  setCleanup(() => { clearInterval(timer); clearInterval(slow); });
+  setCleanup(() => { clearInterval(fast); clearInterval(slow); });
 }
