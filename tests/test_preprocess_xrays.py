@@ -113,3 +113,30 @@ def test_a_tilt_with_nan_pixels_fails_its_series_and_the_others_go_on(tmp_path):
     assert [s.name for s in project.items(run)] == ["TS_01"]
     error = project.catalog.journal(run.id)["TS_02"]["error"]
     assert "TS_02.mrc" in error and "NaN" in error and "tilt 0°" in error
+
+
+def test_eraser_removes_the_simulators_xray_hits(tmp_path):
+    from tomoweave.sim import simulate_dataset
+
+    dataset = simulate_dataset(tmp_path / "sim", preset="tiny", seed=5, xrays_per_tilt=6)
+    truth = dataset.series[0].truth()
+    project = Project.init(tmp_path / "project")
+    imported = project.run("import.mdoc", params={"files": [str(dataset.series[0].mdoc_path)]},
+                           executor="inline")
+    erased = project.run("tiltseries.erase_xrays", inputs={"tilt_series": imported.name},
+                         executor="inline")
+    (series,) = project.items(erased)
+    before, _ = read_mrc(dataset.series[0].stack_path)
+    after, _ = read_mrc(project.path(series.tilts[0].image_path))
+    found = total = changed_elsewhere = 0
+    for tilt in series.tilts:
+        true_tilt = min(truth.tilts, key=lambda t: abs(t.nominal_tilt_deg - tilt.tilt_deg))
+        raw, clean = before[true_tilt.stack_index], after[tilt.image_index]
+        for x, y in true_tilt.xrays_px:
+            total += 1
+            found += clean[y, x] < raw[y, x] - 0.5 * (raw[y, x] - np.median(raw))
+        hits = np.zeros(raw.shape, dtype=bool)
+        hits[tuple(np.array(true_tilt.xrays_px)[:, ::-1].T)] = True
+        changed_elsewhere += int(((clean != raw) & ~hits).sum())
+    assert total >= 60 and found / total >= 0.95, (found, total)
+    assert changed_elsewhere <= 0.001 * before.size, changed_elsewhere
