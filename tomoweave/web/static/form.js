@@ -116,33 +116,32 @@ export function showFieldErrors(form, detail) {
   return shown;
 }
 
-export async function showForm(view, protocolName, query) {
-  const info = await api(`/api/protocols/${encodeURIComponent(protocolName)}`);
-  const fromRun = query.get("from") ? await api(`/api/runs/${Number(query.get("from"))}`) : null;
-  const previous = fromRun ? fromRun.params : {};
-  const previousInputs = fromRun ? fromRun.inputs : {};
-  const form = el("form", { id: "protocol-form", novalidate: true });
-  const inputs = {};
-  if (Object.keys(info.inputs).length) {
-    const box = el("div", { class: "panel" }, el("h2", {}, "Inputs"));
-    for (const [name, spec] of Object.entries(info.inputs)) {
-      const { node, select } = await inputRow(name, spec, previousInputs[name]);
-      inputs[name] = select;
-      box.append(node);
-    }
-    form.append(box);
+async function inputsPanel(info, previousInputs) {
+  const selects = {};
+  if (!Object.keys(info.inputs).length) return { node: "", selects };
+  const box = el("div", { class: "panel" }, el("h2", {}, "Inputs"));
+  for (const [name, spec] of Object.entries(info.inputs)) {
+    const { node, select } = await inputRow(name, spec, previousInputs[name]);
+    selects[name] = select;
+    box.append(node);
   }
-  const params = {};
+  return { node: box, selects };
+}
+
+function paramsPanel(info, previous) {
   const props = info.params.properties || {};
   const required = new Set(info.params.required || []);
-  const paramBox = el("div", { class: "panel" }, el("h2", {}, "Parameters"));
-  if (!Object.keys(props).length) paramBox.append(el("p", { class: "muted" }, "This protocol has no parameters."));
+  const built = {};
+  const box = el("div", { class: "panel" }, el("h2", {}, "Parameters"));
+  if (!Object.keys(props).length) box.append(el("p", { class: "muted" }, "This protocol has no parameters."));
   for (const [name, property] of Object.entries(props)) {
-    const built = paramRow(name, property, required.has(name), previous[name]);
-    params[name] = built;
-    paramBox.append(built.node);
+    built[name] = paramRow(name, property, required.has(name), previous[name]);
+    box.append(built[name].node);
   }
-  form.append(paramBox);
+  return { node: box, built, required };
+}
+
+function runPanel(info, fromRun) {
   const nameInput = el("input", { id: "run-name", type: "text", value: fromRun ? fromRun.name : "",
     placeholder: `default: ${info.name}` });
   const executor = el("select", { id: "run-executor" }, ["local", "inline", "dask"].map((x) =>
@@ -150,35 +149,53 @@ export async function showForm(view, protocolName, query) {
   const message = el("div", { class: "form-message" });
   const launch = el("button", { type: "submit", class: "primary", id: "launch-button" },
     fromRun ? "Re-run with these parameters" : "Launch");
-  form.append(el("div", { class: "panel" }, el("h2", {}, "Run"),
+  const node = el("div", { class: "panel" }, el("h2", {}, "Run"),
     row("name", el("label", { for: "run-name", title: "an existing run's name re-runs it: unchanged items are skipped" }, "Run name"),
       nameInput, fromRun ? "Keeping the name re-runs that run (unchanged items are skipped); a new name makes a new run." : "Leave empty for an automatic name."),
     row("executor", el("label", { for: "run-executor", title: "where the items are computed" }, "Executor"), executor,
       "local: a process pool on this machine · inline: one by one (debugging) · dask: a distributed cluster"),
     el("div", { class: "buttons", style: "margin-top:12px" }, launch,
       el("a", { href: "#/", class: "secondary", style: "padding:6px 10px" }, "Cancel")),
-    message));
-  form.addEventListener("submit", async (event) => {
+    message);
+  return { node, nameInput, executor, message, launch };
+}
+
+function requestBody(info, inputs, params, run) {
+  const body = { protocol: info.name, inputs: {}, params: {}, executor: run.executor.value };
+  for (const [name, select] of Object.entries(inputs.selects)) if (select.value) body.inputs[name] = select.value;
+  for (const [name, built] of Object.entries(params.built)) {
+    const value = readControl(built.control, built.schema);
+    if (value === "" && !params.required.has(name)) continue;
+    body.params[name] = value;
+  }
+  if (run.nameInput.value.trim()) body.name = run.nameInput.value.trim();
+  return body;
+}
+
+async function submit(form, body, run) {
+  run.message.textContent = "";
+  run.launch.disabled = true;
+  try {
+    const created = await api("/api/runs", { json: body });
+    location.hash = `#/run/${created.id}`;
+  } catch (error) {
+    const placed = showFieldErrors(form, error.detail);
+    run.message.replaceChildren(el("div", { class: "error-text", id: "form-error" },
+      placed ? "Please correct the highlighted field." : error.message));
+    if (placed) run.message.firstChild.append(el("div", { class: "muted" }, error.message));
+  } finally { run.launch.disabled = false; }
+}
+
+export async function showForm(view, protocolName, query) {
+  const info = await api(`/api/protocols/${encodeURIComponent(protocolName)}`);
+  const fromRun = query.get("from") ? await api(`/api/runs/${Number(query.get("from"))}`) : null;
+  const inputs = await inputsPanel(info, fromRun ? fromRun.inputs : {});
+  const params = paramsPanel(info, fromRun ? fromRun.params : {});
+  const run = runPanel(info, fromRun);
+  const form = el("form", { id: "protocol-form", novalidate: true }, inputs.node, params.node, run.node);
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
-    message.textContent = "";
-    const body = { protocol: info.name, inputs: {}, params: {}, executor: executor.value };
-    for (const [name, select] of Object.entries(inputs)) if (select.value) body.inputs[name] = select.value;
-    for (const [name, built] of Object.entries(params)) {
-      const value = readControl(built.control, built.schema);
-      if (value === "" && !required.has(name)) continue;
-      body.params[name] = value;
-    }
-    if (nameInput.value.trim()) body.name = nameInput.value.trim();
-    launch.disabled = true;
-    try {
-      const run = await api("/api/runs", { json: body });
-      location.hash = `#/run/${run.id}`;
-    } catch (error) {
-      const placed = showFieldErrors(form, error.detail);
-      message.replaceChildren(el("div", { class: "error-text", id: "form-error" },
-        placed ? "Please correct the highlighted field." : error.message));
-      if (placed) message.firstChild.append(el("div", { class: "muted" }, error.message));
-    } finally { launch.disabled = false; }
+    submit(form, requestBody(info, inputs, params, run), run);
   });
   const citations = info.citations.length ? el("div", { class: "panel" }, el("h2", {}, "Please cite"),
     el("ul", { class: "citations" }, info.citations.map((c) => el("li", {}, c)))) : "";
