@@ -5,16 +5,24 @@ in-plane part ``T @ mag @ Rz`` is an affine map of the image plane, so each tilt
 resampled once (:func:`align_image`, Keys cubic convolution) into the *axis-aligned frame* where
 that part is the identity. In that frame a voxel at (x, y, z) lands at
 ``(u, v) = (Ry @ Rx @ r)[:2]``: ``v`` does not depend on x, and ``u`` is linear in x. A row of
-voxels along x therefore reads one (or, with an x-tilt, two) image rows with linear interpolation
-in u only, which is what makes the kernels fast.
+voxels along x therefore reads one (or, with an x-tilt, two) image rows. Each image row is
+resampled once more at u = cos(tilt) * m ("stretched", Keys cubic, on a grid finer than the
+image's); then every voxel row is a constant-fraction shift of a stretched row: two contiguous
+loads and two FMAs per voxel-update, which LLVM vectorises (no gathers).
 
 Stacks in the aligned frame are stored row-major as ``[v, tilt, u]`` so that one tomogram
 Y-slab (all z, all x at one y) reads one contiguous block of all tilts: the slab and its image
 rows stay in cache while every tilt is added. The back-projector runs in parallel over y rows;
-the forward projector (its exact transpose) over tilts within blocks of y rows.
+the forward projector (its exact transpose) over y rows of one parity at a time (no x-tilt) or
+over tilts within blocks of y rows (x-tilt: several y rows may feed one image row).
 
-Units: pixels inside this module. The affine coefficients come from :func:`voxel_to_image_coefficients`,
-which takes the projection matrices in Å.
+Numba notes: index arithmetic that numba cannot prove non-negative gets wrap-around checks that
+stop vectorisation, hence the slices and zero-based ranges in the inner loops; and an early
+``return`` inside an ``inline="always"`` function used in a parfor gave wrong results, hence the
+guards at the call sites.
+
+Units: pixels inside this module; :func:`voxel_to_image_coefficients` takes the projection
+matrices in Å.
 """
 
 from __future__ import annotations
