@@ -31,7 +31,7 @@ demo: install
 	$(BIN)/tomoweave demo $(DEMO_DIR)
 
 test: install system-packages
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2
 
 bench: install system-packages
 	$(BIN)/python -m benchmarks

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tomoweave.formats import aretomo, copick, ctffind, dynamo, eman, imod, relion5, warp
+from tomoweave.formats import CONVERSION_TARGETS, aretomo, copick, ctffind, dynamo, eman, imod, relion5, warp
 from tomoweave.formats import relion_particles as rp
 from tomoweave.formats.imod_extra import read_imod_particles, write_imod_particles
 from tomoweave.formats.mdoc import read_mdoc
@@ -30,7 +30,7 @@ from tomoweave.model import (
     Volume,
 )
 
-TARGETS = ("relion5", "relion4", "imod", "aretomo", "warp", "dynamo", "eman", "copick", "ctffind")
+TARGETS = CONVERSION_TARGETS
 
 
 class ConversionError(ValueError):

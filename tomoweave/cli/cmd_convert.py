@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from tomoweave.cli.common import handle_errors
-from tomoweave.convert import TARGETS, ConvertOptions, convert
+from tomoweave.formats import CONVERSION_TARGETS
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 def convert_command(
     source: Path = typer.Argument(..., help="file to convert (.aln .xf .tlt .star .xml "
                                             ".tomostar .tbl .mdoc .json .defocus .txt)"),
-    to: str = typer.Option(..., "--to", help=f"target format: {', '.join(TARGETS)}"),
+    to: str = typer.Option(..., "--to", help=f"target format: {', '.join(CONVERSION_TARGETS)}"),
     out: Path = typer.Option(..., "--out", "-o", help="folder to write into"),
     pixel_size: float | None = typer.Option(None, "--pixel-size",
                                             help="pixel size in Å of the source's pixels"),
@@ -31,6 +31,8 @@ def convert_command(
 ) -> None:
     """Convert alignments, CTFs and particles between RELION, IMOD, AreTomo, Warp, Dynamo, EMAN2,
     copick and CTFFIND files, through tomoweave's geometry (no project needed)."""
+    from tomoweave.convert import ConvertOptions, convert  # pandas-heavy: only when converting
+
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such file")
     options = ConvertOptions(pixel_size_a=pixel_size, tomo_size_xyz=tomo_size,
