@@ -264,8 +264,14 @@ def _backproject_kernel(stretched, offsets, coefficients, weights, volume):  # p
     n_tilts = coefficients.shape[0]
     nz, ny, nx = volume.shape
     for iy in numba.prange(ny):
+        # the (row, shift, weights, range) terms of one voxel row, added two at a time so each
+        # load/store of the voxel row serves two tilts
+        rows = np.empty(2 * n_tilts, dtype=np.int64)
+        bases = np.empty(2 * n_tilts, dtype=np.int64)
+        bounds = np.empty((2 * n_tilts, 2), dtype=np.int64)
+        w = np.empty((2 * n_tilts, 2), dtype=np.float32)
         for iz in range(nz):
-            out = volume[iz, iy]
+            count = 0
             for t in range(n_tilts):
                 j, g, s = _row_of(coefficients[t], iy, iz, n_v)
                 if j < 0:
@@ -273,14 +279,46 @@ def _backproject_kernel(stretched, offsets, coefficients, weights, volume):  # p
                 k = int(math.floor(s))
                 f = s - k
                 lo, hi = _shift_range(k, offsets[t + 1] - offsets[t], nx)
-                base = offsets[t] + k
-                w = weights[t] * (1.0 - g)
-                _add_shifted(out, stretched[j], base, np.float32(w * (1.0 - f)),
-                             np.float32(w * f), lo, hi)
-                if g > 0.0:
-                    w = weights[t] * g
-                    _add_shifted(out, stretched[j + 1], base, np.float32(w * (1.0 - f)),
-                                 np.float32(w * f), lo, hi)
+                if hi <= lo:
+                    continue
+                for part in range(2 if g > 0.0 else 1):
+                    share = weights[t] * ((1.0 - g) if part == 0 else g)
+                    rows[count] = j + part
+                    bases[count] = offsets[t] + k
+                    bounds[count, 0] = lo
+                    bounds[count, 1] = hi
+                    w[count, 0] = share * (1.0 - f)
+                    w[count, 1] = share * f
+                    count += 1
+            out = volume[iz, iy]
+            for first in range(0, count - 1, 2):
+                _add_pair(out, stretched, rows, bases, bounds, w, first, first + 1)
+            if count % 2 == 1:
+                last = count - 1
+                _add_shifted(out, stretched[rows[last]], bases[last], w[last, 0], w[last, 1],
+                             bounds[last, 0], bounds[last, 1])
+
+
+@numba.njit(inline="always", fastmath=True, cache=True)
+def _add_pair(out, stretched, rows, bases, bounds, w, a, b):  # pragma: no cover - numba
+    lo = max(bounds[a, 0], bounds[b, 0])
+    hi = min(bounds[a, 1], bounds[b, 1])
+    if hi <= lo:
+        lo = hi = bounds[a, 0]  # disjoint ranges: no common part, each term added alone
+    for term in (a, b):  # the parts of each range outside the common one
+        row = stretched[rows[term]]
+        _add_shifted(out, row, bases[term], w[term, 0], w[term, 1], bounds[term, 0],
+                     max(bounds[term, 0], min(lo, bounds[term, 1])))
+        _add_shifted(out, row, bases[term], w[term, 0], w[term, 1],
+                     min(bounds[term, 1], max(hi, bounds[term, 0])), bounds[term, 1])
+    if hi > lo:
+        target = out[lo:hi]
+        source_a = stretched[rows[a]][bases[a] + lo: bases[a] + hi + 1]
+        source_b = stretched[rows[b]][bases[b] + lo: bases[b] + hi + 1]
+        a0, a1, b0, b1 = w[a, 0], w[a, 1], w[b, 0], w[b, 1]
+        for i in range(hi - lo):
+            target[i] += (a0 * source_a[i] + a1 * source_a[i + 1]
+                          + b0 * source_b[i] + b1 * source_b[i + 1])
 
 
 @numba.njit(inline="always", fastmath=True, cache=True)
