@@ -10,6 +10,9 @@ runs:
     inputs: {tilt_series: simulate}
     params: {binning: 2}
 ```
+
+``${TOMOWEAVE_PROJECT}`` in a parameter is the project folder; other ``${NAME}`` are taken from
+the environment.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from tomoweave.engine.errors import InputError
 from tomoweave.model.sets import RunState
 
 
-def load_workflow(path: str | Path) -> list[dict[str, Any]]:
+def load_workflow(path: str | Path, variables: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The runs of a workflow file in dependency order; ``${NAME}`` in string parameters is
+    replaced by ``variables[NAME]`` or the environment variable NAME."""
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text())
@@ -38,19 +43,20 @@ def load_workflow(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(entry, dict) or "protocol" not in entry:
             raise InputError(f"{path}: run #{index + 1}: 'protocol' missing")
         entry.setdefault("name", entry["protocol"])
-        entry["params"] = _expand_variables(entry.get("params") or {})
+        entry["params"] = _expand_variables(entry.get("params") or {}, variables or {})
         entry.setdefault("inputs", {})
     return ordered_by_dependencies(runs, path)
 
 
-def _expand_variables(value: Any) -> Any:
-    """``${NAME}`` in string parameters becomes the environment variable NAME (paths to data)."""
+def _expand_variables(value: Any, variables: dict[str, str]) -> Any:
     if isinstance(value, str):
+        for name, replacement in variables.items():
+            value = value.replace("${" + name + "}", replacement)
         return os.path.expandvars(value)
     if isinstance(value, list):
-        return [_expand_variables(v) for v in value]
+        return [_expand_variables(v, variables) for v in value]
     if isinstance(value, dict):
-        return {k: _expand_variables(v) for k, v in value.items()}
+        return {k: _expand_variables(v, variables) for k, v in value.items()}
     return value
 
 
@@ -90,7 +96,7 @@ def run_workflow(project: Project, path: str | Path, executor: str = "local",
                  workers: int | None = None, progress_factory=None) -> list[Run]:
     """Run (or resume) every run of the workflow in dependency order."""
     finished = []
-    for entry in load_workflow(path):
+    for entry in load_workflow(path, {"TOMOWEAVE_PROJECT": str(project.root)}):
         progress = progress_factory(entry["name"]) if progress_factory else None
         run = project.create_run(entry["protocol"], entry["inputs"], entry["params"],
                                  entry["name"], executor)
@@ -115,7 +121,7 @@ def stream_workflow(project: Project, path: str | Path, executor: str = "local",
     """
     import threading
 
-    entries = load_workflow(path)
+    entries = load_workflow(path, {"TOMOWEAVE_PROJECT": str(project.root)})
     runs = [project.create_run(e["protocol"], e["inputs"], e["params"], e["name"], executor)
             for e in entries]
     errors: list[BaseException] = []
