@@ -118,3 +118,20 @@ def test_streaming_workflow_processes_series_during_collection(tmp_path, shared_
     session.join(timeout=60)
     assert sorted(ts.name for ts in project.items("bin2")) == ["TS_01", "TS_02"]
     assert [r.state for r in project.runs()] == ["finished", "finished"]
+
+
+def test_the_packaged_demo_workflow_names_real_protocols_parameters_and_inputs():
+    from tomoweave.api import validate_params
+    from tomoweave.cli.cmd_workflow import demo_workflow_path
+    from tomoweave.engine.registry import get_protocol
+
+    entries = load_workflow(demo_workflow_path(), {"TOMOWEAVE_PROJECT": "/project"})
+    names = [entry["name"] for entry in entries]
+    assert len(names) == len(set(names)) and len(entries) >= 15
+    for position, entry in enumerate(entries):
+        protocol_class = get_protocol(entry["protocol"])
+        validate_params(protocol_class, entry["params"])
+        assert set(entry["inputs"]) <= set(protocol_class.inputs), entry["name"]
+        for reference in entry["inputs"].values():
+            producer = reference.split(".")[0]
+            assert producer in names[:position], f"{entry['name']} reads {reference} before it exists"
