@@ -27,12 +27,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 import scipy.fft
-from scipy import optimize
 
 from tomoweave.algorithms.ctf_model import electron_wavelength_a
+from tomoweave.algorithms.ctf_refinement import (
+    _diagnostics,
+    _fit_resolution,
+    _prepare_points,
+    _refine_2d,
+    _score,
+)
+from tomoweave.algorithms.ctf_spectrum import (
+    _BACKGROUND_DEGREE,
+    _ENVELOPE_DEGREE,
+    _alias_limit,
+    _basis,
+    _ctf_squared,
+    _even,
+    _frequency_grid,
+    _Group,
+    _lsq_fit,
+    _radial_profiles,
+    _Setup,
+    _total_spread,
+)
 
 # Sign of the defocus gradient across the tilt axis. In the projection model of tomoweave.geometry
 # (P = Rz(z_rot) Ry(tilt)), a specimen-plane point whose image lies at distance d along the image
@@ -68,26 +87,6 @@ class CtfFit:
     pixel_size_fit_a: float
     reliable: bool = True
     diagnostics: dict = field(default_factory=dict, repr=False)
-
-
-@dataclass
-class _Group:
-    """Tiles with similar defocus offsets: their mean power spectrum (rfft half-plane)."""
-
-    spectrum: np.ndarray
-    offset_a: float
-    spread_a: float
-    tiles: int
-
-
-@dataclass
-class _Setup:
-    wavelength_a: float
-    cs_a: float
-    amplitude_phase: float
-    pixel_size_a: float
-    tile_px: int
-    tile_spread_a: float
 
 
 def estimate_ctf(
@@ -317,90 +316,9 @@ def _edge_taper(size: int, fraction: float = 0.1) -> np.ndarray:
     return np.outer(profile, profile).astype(np.float32)
 
 
-def _alias_limit(setup: _Setup, defocus_a: float) -> float:
-    """Highest frequency (1/Å) where Thon rings are still >= 3 spectrum pixels apart."""
-    box_a = setup.tile_px * setup.pixel_size_a
-    return box_a / (6.0 * setup.wavelength_a * max(defocus_a, 1.0))
-
-
-def _even(value: int) -> int:
-    return int(value) - int(value) % 2
-
-
 # --- models --------------------------------------------------------------------------------------
 
-def _chi(k2, defocus_a, setup: _Setup, phase_deg: float):
-    return (np.pi * setup.wavelength_a * defocus_a * k2
-            - 0.5 * np.pi * setup.cs_a * setup.wavelength_a**3 * k2 * k2
-            + setup.amplitude_phase + np.radians(phase_deg))
 
-
-def _damping(k2, spread_a: float, setup: _Setup):
-    """Contrast left of cos(2 chi) after averaging over a uniform defocus spread (Å)."""
-    return np.sinc(setup.wavelength_a * k2 * spread_a)
-
-
-def _ctf_squared(k2, defocus_a, setup: _Setup, phase_deg: float, spread_a: float):
-    chi = _chi(k2, defocus_a, setup, phase_deg)
-    return 0.5 - 0.5 * np.cos(2.0 * chi) * _damping(k2, spread_a, setup)
-
-
-def _total_spread(group: _Group, setup: _Setup) -> float:
-    # Sum of two uniform spreads is approximated by one uniform of the root-sum-square width.
-    return float(np.hypot(setup.tile_spread_a, group.spread_a))
-
-
-def _frequency_grid(setup: _Setup):
-    tile = setup.tile_px
-    fy = np.fft.fftfreq(tile, d=setup.pixel_size_a)[:, None]
-    fx = np.fft.rfftfreq(tile, d=setup.pixel_size_a)[None, :]
-    fy, fx = np.broadcast_arrays(fy, fx)
-    # Detector artefacts and tile edges put power on the axes: leave them out of every fit.
-    cross = (np.abs(fx) * tile * setup.pixel_size_a < 1.5) | (
-        np.abs(fy) * tile * setup.pixel_size_a < 1.5)
-    return fx, fy, cross
-
-
-def _radial_profiles(group: _Group, setup: _Setup, k_lo: float, k_hi: float):
-    """Whitened radial profile of one group: (k per bin, whitened mean, bin index per point)."""
-    fx, fy, cross = _frequency_grid(setup)
-    k = np.hypot(fx, fy)
-    box_a = setup.tile_px * setup.pixel_size_a
-    bins = np.round(k * box_a).astype(int)
-    use = (~cross) & (k >= k_lo) & (k <= k_hi)
-    first, last = int(np.ceil(k_lo * box_a)), int(np.floor(k_hi * box_a))
-    counts = np.bincount(bins[use], minlength=last + 1)[first: last + 1]
-    sums = np.bincount(bins[use], weights=group.spectrum[use], minlength=last + 1)[first: last + 1]
-    valid = counts > 0
-    k_bins = (np.arange(first, last + 1) / box_a)[valid]
-    profile = sums[valid] / counts[valid]
-    whitening = _smooth_log_fit(k_bins, profile)
-    return k_bins, profile / whitening, whitening
-
-
-def _smooth_log_fit(k_bins, profile, degree: int = 4):
-    x = _scaled(k_bins, k_bins[0], k_bins[-1])
-    coefficients = np.polynomial.legendre.legfit(x, np.log(np.maximum(profile, 1e-30)), degree)
-    return np.exp(np.polynomial.legendre.legval(x, coefficients))
-
-
-def _scaled(k, k_lo, k_hi):
-    return 2.0 * (k - k_lo) / max(k_hi - k_lo, 1e-12) - 1.0
-
-
-def _basis(k, k_lo, k_hi, degree):
-    return np.polynomial.legendre.legvander(_scaled(k, k_lo, k_hi), degree)
-
-
-_BACKGROUND_DEGREE = 3
-_ENVELOPE_DEGREE = 2
-
-
-def _lsq_fit(background_basis, envelope_basis, ctf2, values):
-    design = np.hstack([background_basis, envelope_basis * ctf2[:, None]])
-    coefficients, *_ = np.linalg.lstsq(design, values, rcond=None)
-    residual = values - design @ coefficients
-    return coefficients, float(residual @ residual)
 
 
 # --- 1. coarse search ---------------------------------------------------------------------------
@@ -478,222 +396,11 @@ def _coarse_search(groups, setup, k_lo, k_hi, min_defocus_a, max_defocus_a, nomi
 
 # --- 2. 2D refinement ---------------------------------------------------------------------------
 
-@dataclass
-class _Points:
-    """Spectrum points of all groups in the fit range, background removed, standardised."""
-
-    fx: np.ndarray
-    fy: np.ndarray
-    k2: np.ndarray
-    values: np.ndarray
-    offset_a: np.ndarray
-    spread_a: np.ndarray
-    group: np.ndarray
-    k_lo: float
-    kernel: tuple | None = None
-
-
-def _prepare_points(groups, setup, k_lo, k_hi, defocus_a, phase_deg) -> _Points:
-    fx, fy, cross = _frequency_grid(setup)
-    k = np.hypot(fx, fy)
-    use = (~cross) & (k >= k_lo) & (k <= k_hi)
-    box_a = setup.tile_px * setup.pixel_size_a
-    k_points = k[use]
-    bins = np.round(k_points * box_a).astype(int)
-    parts = []
-    for index, group in enumerate(groups):
-        k_bins, profile, whitening = _radial_profiles(group, setup, k_lo, k_hi)
-        spread = _total_spread(group, setup)
-        ctf2 = _ctf_squared(k_bins**2, defocus_a + group.offset_a, setup, phase_deg, spread)
-        background = _basis(k_bins, k_bins[0], k_bins[-1], _BACKGROUND_DEGREE)
-        envelope = _basis(k_bins, k_bins[0], k_bins[-1], _ENVELOPE_DEGREE)
-        coefficients, _ = _lsq_fit(background, envelope, ctf2, profile)
-        values = group.spectrum[use] / np.interp(k_points, k_bins, whitening)
-        values -= np.polynomial.legendre.legval(
-            _scaled(k_points, k_bins[0], k_bins[-1]), coefficients[: _BACKGROUND_DEGREE + 1])
-        # Local RMS per ring of pixels, smoothed over 5 rings: every resolution counts alike.
-        power = np.bincount(bins, weights=values**2) / np.maximum(np.bincount(bins), 1)
-        rms = np.sqrt(np.convolve(power, np.ones(5) / 5, mode="same"))
-        values /= np.maximum(rms[bins], 1e-30)
-        parts.append((values, np.full(values.size, group.offset_a), np.full(values.size, spread),
-                      np.full(values.size, index)))
-    values = np.concatenate([p[0] for p in parts])
-    values = (values - values.mean()) / max(values.std(), 1e-30)
-    repeat = len(groups)
-    return _Points(
-        fx=np.tile(fx[use], repeat), fy=np.tile(fy[use], repeat),
-        k2=np.tile(k_points**2, repeat), values=values.astype(np.float64),
-        offset_a=np.concatenate([p[1] for p in parts]),
-        spread_a=np.concatenate([p[2] for p in parts]),
-        group=np.concatenate([p[3] for p in parts]), k_lo=k_lo,
-    )
-
 
 # Serial on purpose: it is called hundreds of times on ~1e5 points, where thread start-up costs
 # more than it saves, and the engine already runs one tilt series per core.
-@numba.njit(cache=True, fastmath=True)
-def _model_correlation(cos2, sin2, phase_rate, base_phase, damping, values, mean_a, a1, a2,
-                       phase_rad):  # pragma: no cover - numba
-    """Correlation of ``values`` with 1/2 - 1/2 cos(2 chi) damping, chi linear in defocus."""
-    n = cos2.size
-    sum_m = 0.0
-    sum_mm = 0.0
-    sum_vm = 0.0
-    for i in range(n):
-        defocus = mean_a + a1 * cos2[i] + a2 * sin2[i]
-        chi = phase_rate[i] * defocus + base_phase[i] + phase_rad
-        model = 0.5 - 0.5 * np.cos(2.0 * chi) * damping[i]
-        sum_m += model
-        sum_mm += model * model
-        sum_vm += values[i] * model
-    variance = sum_mm / n - (sum_m / n) ** 2
-    if variance <= 0.0:
-        return 0.0
-    return sum_vm / n / np.sqrt(variance)
-
-
-def _kernel_arrays(points: _Points, setup: _Setup):
-    """Per-point constants of the correlation kernel, computed once per fit."""
-    if points.kernel is None:
-        k2 = points.k2
-        cos2 = (points.fx**2 - points.fy**2) / k2
-        sin2 = 2.0 * points.fx * points.fy / k2
-        phase_rate = np.pi * setup.wavelength_a * k2
-        base_phase = (phase_rate * points.offset_a
-                      - 0.5 * np.pi * setup.cs_a * setup.wavelength_a**3 * k2 * k2
-                      + setup.amplitude_phase)
-        damping = _damping(k2, points.spread_a, setup)
-        points.kernel = tuple(np.ascontiguousarray(a, dtype=np.float64)
-                              for a in (cos2, sin2, phase_rate, base_phase, damping))
-    return points.kernel
-
-
-def _score(points: _Points, setup: _Setup, params) -> float:
-    mean_a, a1, a2, phase_deg = params
-    return float(_model_correlation(*_kernel_arrays(points, setup), points.values, float(mean_a),
-                                    float(a1), float(a2), float(np.radians(phase_deg))))
-
-
-def _refine_2d(points, setup, defocus_a, phase_deg, fit_astigmatism, fit_phase):
-    """Nelder-Mead on (mean defocus, astigmatism vector, phase) from a few astigmatism starts."""
-    free = [True, fit_astigmatism, fit_astigmatism, fit_phase]
-    steps = np.array([0.01 * defocus_a, 0.02 * defocus_a, 0.02 * defocus_a, 10.0])
-
-    def full(x):
-        params = np.array([defocus_a, 0.0, 0.0, phase_deg])
-        params[np.array(free)] = x
-        return params
-
-    def cost(x):
-        params = full(x)
-        # Stay near the coarse solution: the 1D search already chose the right basin.
-        if not 0.7 * defocus_a < params[0] < 1.3 * defocus_a or np.hypot(
-                params[1], params[2]) > 0.4 * params[0]:
-            return 1.0
-        return -_score(points, setup, params)
-
-    starts = [np.array([defocus_a, 0.0, 0.0, phase_deg])]
-    if fit_astigmatism:
-        h = 0.03 * defocus_a
-        starts += [np.array([defocus_a, a1, a2, phase_deg])
-                   for a1, a2 in ((h, 0.0), (0.0, h))]
-    best = None
-    mask = np.array(free)
-    for start in starts:
-        x0 = start[mask]
-        simplex = np.vstack([x0] + [x0 + np.eye(len(x0))[i] * steps[mask][i]
-                                    for i in range(len(x0))])
-        result = optimize.minimize(cost, x0, method="Nelder-Mead",
-                                   options={"initial_simplex": simplex, "xatol": 0.5,
-                                            "fatol": 1e-7, "maxiter": 600})
-        if best is None or result.fun < best.fun:
-            best = result
-    return full(best.x)
 
 
 # --- 3. fit resolution and diagnostics ---------------------------------------------------------
 
-def _point_model(points: _Points, setup: _Setup, params, group_mask=None):
-    mean_a, a1, a2, phase_deg = params
-    sel = slice(None) if group_mask is None else group_mask
-    fx, fy, k2 = points.fx[sel], points.fy[sel], points.k2[sel]
-    defocus = (mean_a + points.offset_a[sel] + a1 * (fx * fx - fy * fy) / k2
-               + a2 * 2.0 * fx * fy / k2)
-    chi = _chi(k2, defocus, setup, phase_deg)
-    model = 0.5 - 0.5 * np.cos(2 * chi) * _damping(k2, points.spread_a[sel], setup)
-    return chi, model
 
-
-def _fit_resolution(points, setup, params, k_hi):
-    """Resolution (Å) of the last Thon ring whose data-model correlation stays significant.
-
-    A ring counts as fitted when its correlation exceeds 8 / sqrt(points in the ring), i.e. about
-    four standard errors with neighbouring spectrum points counted as four-fold correlated.
-    """
-    chi, model = _point_model(points, setup, params)
-    ring = np.floor((chi - setup.amplitude_phase - np.radians(params[3])) / np.pi).astype(int)
-    ring -= ring.min()
-    count = np.bincount(ring).astype(float)
-    sums = {name: np.bincount(ring, weights=w) for name, w in (
-        ("v", points.values), ("m", model), ("vv", points.values**2), ("mm", model**2),
-        ("vm", points.values * model), ("k", np.sqrt(points.k2)))}
-    valid = count >= 50
-    n = np.maximum(count, 1)
-    cov = sums["vm"] / n - sums["v"] * sums["m"] / n**2
-    var_v = sums["vv"] / n - (sums["v"] / n) ** 2
-    var_m = sums["mm"] / n - (sums["m"] / n) ** 2
-    corr = np.where(valid, cov / np.sqrt(np.maximum(var_v * var_m, 1e-30)), np.nan)
-    threshold = 8.0 / np.sqrt(n)
-    k_ring = sums["k"] / n
-    resolution = 1.0 / points.k_lo
-    rings = np.nonzero(valid)[0]
-    for position, index in enumerate(rings):
-        if corr[index] >= threshold[index]:
-            resolution = 1.0 / k_ring[index]
-        elif position + 1 < len(rings) and corr[rings[position + 1]] < threshold[rings[position + 1]]:
-            break
-    curve = np.stack([k_ring[valid], corr[valid]], axis=1)
-    return max(resolution, 1.0 / k_hi), curve
-
-
-def _diagnostics(points: _Points, setup: _Setup, params, groups) -> dict:
-    """Centred 2D picture (data left, model right) of the group nearest the axis, 1D profiles."""
-    nearest = int(np.argmin([abs(g.offset_a) - 1e-3 * g.tiles for g in groups]))
-    mask = points.group == nearest
-    chi, model = _point_model(points, setup, params, mask)
-    fx, fy, cross = _frequency_grid(setup)
-    k = np.hypot(fx, fy)
-    use = (~cross) & (k >= points.k_lo) & (k ** 2 <= points.k2.max() * 1.0000001)
-    tile = setup.tile_px
-    data_half = np.zeros(fx.shape, dtype=np.float32)
-    model_half = np.zeros(fx.shape, dtype=np.float32)
-    data_half[use] = points.values[mask]
-    model_half[use] = (model - model.mean()) / max(model.std(), 1e-12)
-    centred = np.zeros((tile, tile), dtype=np.float32)
-    ky = (np.arange(tile) - tile // 2) % tile
-    for column in range(tile):
-        kx = column - tile // 2
-        if kx >= 0:
-            centred[:, column] = model_half[ky, kx]
-        else:
-            centred[:, column] = data_half[(-ky) % tile, -kx]
-    # Equiphase average: each point is moved to the frequency with the same phase at mean defocus.
-    geometric = chi - setup.amplitude_phase - np.radians(params[3])
-    a = 0.5 * np.pi * setup.cs_a * setup.wavelength_a**3
-    b = np.pi * setup.wavelength_a * params[0]
-    root = np.sqrt(np.maximum(b * b - 4 * a * geometric, 0.0))
-    k_equivalent = np.sqrt(np.maximum((b - root) / (2 * a), 0.0))
-    box_a = tile * setup.pixel_size_a
-    bins = np.round(k_equivalent * box_a).astype(int)
-    counts = np.bincount(bins)
-    valid = counts > 0
-    profile_data = np.bincount(bins, weights=points.values[mask])[valid] / counts[valid]
-    profile_model = np.bincount(bins, weights=model)[valid] / counts[valid]
-    return {
-        "spectrum_2d": centred,
-        "k_inv_a": np.nonzero(valid)[0] / box_a,
-        "profile_data": profile_data,
-        "profile_model": profile_model,
-        "group_offsets_a": [g.offset_a for g in groups],
-        "tile_px": tile,
-    }
