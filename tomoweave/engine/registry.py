@@ -17,6 +17,7 @@ ENTRY_POINT_GROUP = "tomoweave.protocols"
 _BUILTIN_PACKAGES = ("tomoweave.protocols", "tomoweave.plugins")
 log = logging.getLogger(__name__)
 _extra: dict[str, type[Protocol]] = {}
+_import_failures: dict[str, str] = {}
 
 
 def protocols() -> dict[str, type[Protocol]]:
@@ -34,6 +35,7 @@ def _discover() -> dict[str, type[Protocol]]:
                 module = importlib.import_module(info.name)
             except Exception as error:  # one broken module must not hide every other protocol
                 log.warning("could not import %s: %s: %s", info.name, type(error).__name__, error)
+                _import_failures[info.name] = f"{type(error).__name__}: {error}"
                 continue
             _collect(module, found)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
@@ -66,5 +68,8 @@ def get_protocol(name: str) -> type[Protocol]:
     if name not in known:
         close = [n for n in known if name.split(".")[0] in n]
         hint = f"; did you mean {', '.join(close[:5])}?" if close else ""
+        if _import_failures:
+            module, error = next(iter(_import_failures.items()))
+            hint += f" ({module} could not be imported: {error})"
         raise TomoweaveError(f"unknown protocol '{name}'{hint} (list them with `tomoweave protocols`)")
     return known[name]
