@@ -52,6 +52,7 @@ from tomoweave.algorithms.ctf_spectrum import (
     _Setup,
     _total_spread,
 )
+from tomoweave.algorithms.windows import cosine_taper
 
 # Sign of the defocus gradient across the tilt axis. In the projection model of tomoweave.geometry
 # (P = Rz(z_rot) Ry(tilt)), a specimen-plane point whose image lies at distance d along the image
@@ -253,7 +254,7 @@ def _tile_groups(image, setup: _Setup, tilt_deg: float, z_rot_deg: float) -> lis
     step = tile // 2
     starts_y = _starts(ny, tile, step)
     starts_x = _starts(nx, tile, step)
-    window = _edge_taper(tile)
+    window = cosine_taper((tile, tile), 0.1, min_width_px=2)
     spectra, offsets = [], []
     for y0 in starts_y:
         batch = []
@@ -305,15 +306,6 @@ def _starts(size: int, tile: int, step: int) -> list[int]:
         return [0]
     count = int(np.ceil((size - tile) / step)) + 1
     return [int(round(v)) for v in np.linspace(0, size - tile, count)]
-
-
-def _edge_taper(size: int, fraction: float = 0.1) -> np.ndarray:
-    edge = max(2, int(size * fraction))
-    profile = np.ones(size)
-    rise = 0.5 - 0.5 * np.cos(np.pi * (np.arange(edge) + 0.5) / edge)
-    profile[:edge] = rise
-    profile[-edge:] = rise[::-1]
-    return np.outer(profile, profile).astype(np.float32)
 
 
 # --- models --------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import scipy.fft
 from scipy import ndimage
 
 from tomoweave.algorithms.preprocess import critical_exposure_e_a2
+from tomoweave.algorithms.windows import cosine_taper, parabolic_offset
 
 # Frames are tapered at their edges for the alignment only: content entering and leaving the
 # field of view would otherwise correlate as a fixed edge.
@@ -170,7 +171,7 @@ def estimate_local_motion(
         return None, "frames too small for patches"
     centres_y = np.linspace(size_y / 2, ny - size_y / 2, patches)
     centres_x = np.linspace(size_x / 2, nx - size_x / 2, patches)
-    window = _taper((size_y, size_x))
+    window = cosine_taper((size_y, size_x))
     rows, values = [], []
     for cy in centres_y:
         for cx in centres_x:
@@ -302,7 +303,7 @@ def _crop_shape(shape, bfactor_px2, max_size_px=_MAX_ALIGN_PX):
 def _cropped_spectra(frames, crop, taper=0.0):
     centred = frames - frames.mean(axis=(1, 2), keepdims=True)
     if taper > 0:
-        centred = centred * _taper(frames.shape[1:], taper)
+        centred = centred * cosine_taper(frames.shape[1:], taper)
     spectra = scipy.fft.rfft2(centred, workers=-1)
     ny = frames.shape[1]
     if crop == frames.shape[1:]:
@@ -327,30 +328,11 @@ def _peak_position(correlation: np.ndarray, max_shift_px: np.ndarray) -> np.ndar
     allowed = (np.abs(dy)[:, None] <= max_shift_px[1]) & (np.abs(dx)[None, :] <= max_shift_px[0])
     masked = np.where(allowed, correlation, -np.inf)
     iy, ix = np.unravel_index(int(np.argmax(masked)), correlation.shape)
-    offset_y = _parabolic(correlation[(iy - 1) % ny, ix], correlation[iy, ix],
+    offset_y = parabolic_offset(correlation[(iy - 1) % ny, ix], correlation[iy, ix],
                           correlation[(iy + 1) % ny, ix])
-    offset_x = _parabolic(correlation[iy, (ix - 1) % nx], correlation[iy, ix],
+    offset_x = parabolic_offset(correlation[iy, (ix - 1) % nx], correlation[iy, ix],
                           correlation[iy, (ix + 1) % nx])
     return np.array([dx[ix] + offset_x, dy[iy] + offset_y])
-
-
-def _parabolic(left: float, centre: float, right: float) -> float:
-    denominator = left - 2.0 * centre + right
-    if denominator >= 0:
-        return 0.0
-    return float(np.clip(0.5 * (left - right) / denominator, -0.5, 0.5))
-
-
-def _taper(shape, fraction=0.1):
-    def ramp(size):
-        edge = max(1, int(size * fraction))
-        profile = np.ones(size)
-        rise = 0.5 - 0.5 * np.cos(np.pi * (np.arange(edge) + 0.5) / edge)
-        profile[:edge] = rise
-        profile[-edge:] = rise[::-1]
-        return profile
-
-    return np.outer(ramp(shape[0]), ramp(shape[1])).astype(np.float32)
 
 
 def _even(value: int) -> int:

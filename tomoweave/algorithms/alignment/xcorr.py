@@ -13,6 +13,8 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
+from tomoweave.algorithms.windows import cosine_taper, parabolic_offset
+
 
 def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
     """Average ``factor`` × ``factor`` blocks of a 2D image (the edge remainder is dropped)."""
@@ -39,15 +41,7 @@ def binned_to_full_px(
 
 def taper(shape: tuple[int, int], fraction: float = 0.1) -> np.ndarray:
     """Cosine edge taper (1 inside, falling to 0 over ``fraction`` of each side), float32."""
-    ramps = []
-    for size in shape:
-        width = max(1, int(round(fraction * size)))
-        ramp = np.ones(size, dtype=np.float32)
-        edge = 0.5 - 0.5 * np.cos(np.pi * (np.arange(width) + 0.5) / width)
-        ramp[:width] = edge
-        ramp[size - width :] = edge[::-1]
-        ramps.append(ramp)
-    return np.outer(ramps[0], ramps[1])
+    return cosine_taper(shape, fraction)
 
 
 def stretch_matrix(target_tilt_deg: float, source_tilt_deg: float, z_rot_deg: float) -> np.ndarray:
@@ -89,15 +83,11 @@ def subpixel_peak(surface: np.ndarray, index: tuple[int, int]) -> tuple[float, f
     result = []
     for axis in range(2):
         i = index[axis]
-        size = surface.shape[axis]
-        if 0 < i < size - 1:
-            before = list(index)
-            after = list(index)
+        if 0 < i < surface.shape[axis] - 1:
+            before, after = list(index), list(index)
             before[axis], after[axis] = i - 1, i + 1
-            a, b, c = surface[tuple(before)], surface[index], surface[tuple(after)]
-            denominator = a - 2 * b + c
-            delta = 0.5 * (a - c) / denominator if denominator < 0 else 0.0
-            result.append(i + float(np.clip(delta, -0.5, 0.5)))
+            result.append(i + parabolic_offset(surface[tuple(before)], surface[index],
+                                               surface[tuple(after)]))
         else:
             result.append(float(i))
     return result[0], result[1]
