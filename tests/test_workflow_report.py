@@ -132,6 +132,7 @@ def test_the_packaged_demo_workflow_names_real_protocols_parameters_and_inputs()
         protocol_class = get_protocol(entry["protocol"])
         validate_params(protocol_class, entry["params"])
         assert set(entry["inputs"]) <= set(protocol_class.inputs), entry["name"]
-        for reference in entry["inputs"].values():
-            producer = reference.split(".")[0]
-            assert producer in names[:position], f"{entry['name']} reads {reference} before it exists"
+        for value in entry["inputs"].values():
+            for reference in value if isinstance(value, list) else [value]:
+                producer = reference.split(".")[0]
+                assert producer in names[:position], f"{entry['name']} reads {reference} first"

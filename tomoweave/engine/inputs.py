@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from tomoweave.engine.errors import InputError
@@ -12,10 +11,13 @@ from tomoweave.model.sets import SetState
 from tomoweave.store.catalog import Catalog, RunRecord, SetRecord
 
 
-@dataclass
-class ResolvedInput:
-    name: str
-    sets: list[SetRecord]
+class RunItems(list):
+    """The items one run gave to a ``multiple`` input, labelled with where they came from."""
+
+    def __init__(self, items, run_name: str, output: str):
+        super().__init__(items)
+        self.run_name = run_name
+        self.output = output
 
 
 def find_run(catalog: Catalog, reference: str) -> RunRecord:
@@ -100,7 +102,9 @@ def load_input_items(catalog: Catalog, protocol: type[Protocol],
         per_set = []
         for set_id in ids:
             records = catalog.items(set_id)
-            per_set.append([types[r.item_type].model_validate(r.data) for r in records])
+            source = catalog.set_by_id(set_id)
+            per_set.append(RunItems([types[r.item_type].model_validate(r.data) for r in records],
+                                    catalog.run(source.run_id).name, source.output))
             if name == mapped:
                 origin.update({r.key: set_id for r in records})
         spec = protocol.inputs[name]
