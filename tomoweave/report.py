@@ -12,6 +12,7 @@ import numpy as np
 from tomoweave.api import Project
 from tomoweave.formats.mrc import mmap_mrc
 from tomoweave.inspect_project import run_summary
+from tomoweave.model.sets import TaskState
 from tomoweave.store.project_dir import atomic_write_text
 
 ASSETS = "report_assets"
@@ -28,12 +29,30 @@ def write_report(project: Project, path: str | Path | None = None) -> Path:
     path = Path(path) if path else project.root / "report.html"
     assets = project.root / ASSETS
     assets.mkdir(exist_ok=True)
-    sections = [_run_section(project, run, assets, path.parent) for run in project.runs()]
+    runs = project.runs()
+    sections = [_run_section(project, run, assets, path.parent) for run in runs]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>tomoweave report</title>"
             f"<style>{STYLE}</style></head><body><h1>tomoweave project {html.escape(project.root.name)}"
             f"</h1><p>{len(sections)} runs · written {time.strftime('%Y-%m-%d %H:%M')}</p>"
-            + "".join(sections) + "</body></html>")
+            + _contents(project, runs) + "".join(sections) + "</body></html>")
     return atomic_write_text(path, page)
+
+
+def _contents(project: Project, runs) -> str:
+    """One line per run: state, time, outputs; the names link to the sections below."""
+    rows = []
+    for run in runs:
+        summary = run_summary(project, run)
+        record = run.record
+        seconds = (f"{record.finished - record.started:.0f} s"
+                   if record.finished and record.started else "")
+        outputs = ", ".join(f"{o['count']} {n}" for n, o in summary["outputs"].items())
+        rows.append(f"<tr><td>{run.id}</td><td><a href='#run{run.id}'>{html.escape(run.name)}</a>"
+                    f"</td><td>{html.escape(run.protocol)}</td><td><span class='state "
+                    f"{summary['state']}'>{summary['state']}</span></td><td>{seconds}</td>"
+                    f"<td>{html.escape(outputs)}</td></tr>")
+    return ("<table><tr><th>#</th><th>run</th><th>protocol</th><th>state</th><th>time</th>"
+            "<th>outputs</th></tr>" + "".join(rows) + "</table>")
 
 
 def _run_section(project: Project, run, assets: Path, page_dir: Path) -> str:
@@ -42,18 +61,21 @@ def _run_section(project: Project, run, assets: Path, page_dir: Path) -> str:
     duration = (f"{record.finished - record.started:.1f} s"
                 if record.finished and record.started else "")
     params = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
-                     for k, v in record.params.items())
+                     for k, v in record.params.items() if v not in (None, [], {}))
     outputs = "".join(f"<li>{html.escape(n)}: {o['count']} {html.escape(o['type'])}</li>"
                       for n, o in summary["outputs"].items())
     figures = _output_previews(project, run, assets, page_dir)
     figures += _run_plots(project.root / run.folder / "outputs", page_dir)
     failed = "".join(f"<li>{html.escape(t)}: {html.escape(str(j['error']))}</li>"
-                     for t, j in project.catalog.journal(run.id).items() if j["state"] == "failed")
-    return (f"<h2>{run.id}. {html.escape(run.name)} <small>({html.escape(run.protocol)})</small> "
+                     for t, j in project.catalog.journal(run.id).items() if j["state"] == TaskState.FAILED)
+    return (f"<h2 id='run{run.id}'>{run.id}. {html.escape(run.name)} "
+            f"<small>({html.escape(run.protocol)})</small> "
             f"<span class='state {summary['state']}'>{summary['state']}</span></h2>"
             f"<p>{summary['items_done']} items done, {summary['items_failed']} failed {duration}. "
             f"Inputs: {html.escape(json.dumps(summary['inputs']))}</p>"
-            f"<table><tr><th>parameter</th><th>value</th></tr>{params}</table><ul>{outputs}</ul>"
+            + (f"<table><tr><th>parameter (set or default)</th><th>value</th></tr>{params}</table>"
+               if params else "")
+            + f"<ul>{outputs}</ul>"
             + (f"<p>Failed items:</p><ul>{failed}</ul>" if failed else "")
             + "".join(figures))
 
