@@ -93,8 +93,9 @@ def _references(entry: dict[str, Any]) -> list[str]:
 
 
 def run_workflow(project: Project, path: str | Path, executor: str = "local",
-                 workers: int | None = None, progress_factory=None) -> list[Run]:
-    """Run (or resume) every run of the workflow in dependency order."""
+                 workers: int | None = None, progress_factory=None, on_run_end=None) -> list[Run]:
+    """Run (or resume) every run of the workflow in dependency order; ``on_run_end(run)`` is
+    called as each run ends."""
     finished = []
     for entry in load_workflow(path, {"TOMOWEAVE_PROJECT": str(project.root)}):
         progress = progress_factory(entry["name"]) if progress_factory else None
@@ -106,6 +107,8 @@ def run_workflow(project: Project, path: str | Path, executor: str = "local",
         else:
             project.execute(run, executor, workers)
         finished.append(run)
+        if on_run_end is not None:
+            on_run_end(run)
         if run.state == RunState.FAILED:
             reason = run.record.error or "see its log"
             raise InputError(f"workflow stopped: run '{run.name}' failed ({reason})")

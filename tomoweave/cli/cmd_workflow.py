@@ -60,9 +60,16 @@ def run_workflow_command(workflow: Path = typer.Argument(..., help="workflow YAM
     if stream:
         runs = stream_workflow(project, workflow, executor, workers)
     else:
-        runs = run_workflow(project, workflow, executor, workers, RunProgress)
+        run_workflow(project, workflow, executor, workers, RunProgress, announce_run_end)
+        return
     for run in runs:
-        typer.echo(f"{run.name}: {run.state}")
+        announce_run_end(run)
+
+
+def announce_run_end(run) -> None:
+    record = run.record
+    seconds = f" in {record.finished - record.started:.0f} s" if record.finished else ""
+    typer.echo(f"{run.name} ({run.protocol}): {run.state}{seconds}", err=False)
 
 
 @handle_errors
@@ -90,8 +97,7 @@ def demo(directory: Path = typer.Argument(Path("demo_project"), help="project fo
     project = Project.init(directory)
     workflow_copy = directory / "demo_workflow.yaml"
     shutil.copyfile(demo_workflow_path(), workflow_copy)
-    for run in run_workflow(project, workflow_copy, executor, workers, RunProgress):
-        typer.echo(f"{run.name}: {run.state}")
+    run_workflow(project, workflow_copy, executor, workers, RunProgress, announce_run_end)
     report_path = write_report(project)
     typer.echo(f"report: {report_path}")
 
