@@ -82,7 +82,10 @@ def report_run_end(project: Project, run_view, as_json: bool) -> None:
         typer.echo(f"{summary['name']}: {summary['state']} ({summary['items_done']} done, "
                    f"{summary['items_failed']} failed) -> {summary['folder']}")
         for entry in failed:
-            typer.echo(f"  {entry['task']}: {entry['error']}", err=True)
+            error = entry["error"] or ""
+            if not error.startswith(f"{entry['task']}:"):
+                error = f"{entry['task']}: {error}"
+            typer.echo(f"  {error}", err=True)
     if summary["state"] == RunState.FAILED:
         raise typer.Exit(1)
 

@@ -129,11 +129,11 @@ class RunScheduler:
             outcome = {"error": f"worker failed: {type(error).__name__}: {error}", "outputs": {},
                        "messages": [], "commands": [], "traceback": None, "seconds": 0.0}
         for message in outcome.get("messages", []):
-            self.log.write(f"{task.key}: {message}")
+            self.log.write(_with_key(task.key, message))
         if outcome["error"]:
             self.counts["failed"] += 1
             self.catalog.fail_task(self.run.id, task.key, outcome["error"])
-            self.log.write(f"{task.key}: FAILED: {outcome['error']}")
+            self.log.write(f"{task.key}: FAILED: {_without_key(task.key, outcome['error'])}")
             if outcome.get("traceback"):
                 self.log.write(outcome["traceback"])
         else:
@@ -162,6 +162,14 @@ class RunScheduler:
 
     def _count_text(self) -> str:
         return ", ".join(f"{value} {name}" for name, value in self.counts.items())
+
+
+def _with_key(key: str, message: str) -> str:
+    return message if message.startswith(f"{key}:") else f"{key}: {message}"
+
+
+def _without_key(key: str, message: str) -> str:
+    return message[len(key) + 1:].lstrip() if message.startswith(f"{key}:") else message
 
 
 def _digest(protocol_class, params: dict, payload: Any, broadcast: dict[str, Any]) -> str:
