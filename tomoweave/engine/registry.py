@@ -25,6 +25,11 @@ def protocols() -> dict[str, type[Protocol]]:
     return dict(sorted({**_discover(), **_extra}.items()))
 
 
+def installed_protocols() -> dict[str, type[Protocol]]:
+    """Protocols from tomoweave and installed plugin packages (not those added at run time)."""
+    return dict(sorted(_discover().items()))
+
+
 @lru_cache(maxsize=1)
 def _discover() -> dict[str, type[Protocol]]:
     found: dict[str, type[Protocol]] = {}
