@@ -28,6 +28,7 @@ from tomoweave.model import (
     TiltSeries,
     Tomogram,
     Volume,
+    particles_by_tomogram,
 )
 
 TARGETS = CONVERSION_TARGETS
@@ -385,12 +386,6 @@ def _tomo_size(options: ConvertOptions) -> tuple[int, int, int]:
     return tuple(options.tomo_size_xyz)
 
 
-def _by_tomogram(particles: list[Particle]) -> dict[str, list[Particle]]:
-    groups: dict[str, list[Particle]] = {}
-    for particle in particles:
-        groups.setdefault(particle.tomogram, []).append(particle)
-    return groups
-
 
 def _write_relion5(loaded: Loaded, out: Path, options: ConvertOptions) -> list[Path]:
     written = []
@@ -438,7 +433,7 @@ def _write_imod(loaded: Loaded, out: Path, options: ConvertOptions) -> list[Path
                                        [t.ctf for t in series.tilts],
                                        [t.tilt_deg for t in series.tilts])
             written.append(base.with_suffix(".defocus"))
-    for tomogram, particles in _by_tomogram(loaded.particles).items():
+    for tomogram, particles in particles_by_tomogram(loaded.particles).items():
         path = out / f"{tomogram}.mod"
         write_imod_particles(path, particles, _particle_pixel(loaded, options),
                              _tomo_size(options))
@@ -492,7 +487,7 @@ def _write_dynamo(loaded: Loaded, out: Path, options: ConvertOptions) -> list[Pa
 
 def _write_eman(loaded: Loaded, out: Path, options: ConvertOptions) -> list[Path]:
     written = []
-    for tomogram, particles in _by_tomogram(loaded.particles).items():
+    for tomogram, particles in particles_by_tomogram(loaded.particles).items():
         info = out / "info" / f"{tomogram}_info.json"
         eman.write_eman_boxes(info, particles, _particle_pixel(loaded, options),
                               _tomo_size(options))
@@ -509,7 +504,7 @@ def _write_copick(loaded: Loaded, out: Path, options: ConvertOptions) -> list[Pa
         raise ConversionError("copick export writes picks; the source has none")
     copick.write_copick_config(out, ["particle"])
     written = [out / "copick_config.json"]
-    for tomogram, particles in _by_tomogram(loaded.particles).items():
+    for tomogram, particles in particles_by_tomogram(loaded.particles).items():
         path = copick.copick_picks_path(out, tomogram, "particle")
         copick.write_copick_picks(path, particles, _particle_pixel(loaded, options),
                                   _tomo_size(options))

@@ -20,6 +20,7 @@ from tomoweave.model.items import (
     Volume,
     item_type_name,
     item_types,
+    particles_by_tomogram,
 )
 from tomoweave.model.sets import SetState
 
@@ -39,4 +40,5 @@ __all__ = [
     "Volume",
     "item_type_name",
     "item_types",
+    "particles_by_tomogram",
 ]

@@ -233,6 +233,14 @@ class Segmentation(_Item):
     label_count: int = 0
 
 
+def particles_by_tomogram(particles: list[Particle]) -> dict[str, list[Particle]]:
+    """Particles grouped by the tomogram they belong to, tomograms in order of first appearance."""
+    groups: dict[str, list[Particle]] = {}
+    for particle in particles:
+        groups.setdefault(particle.tomogram, []).append(particle)
+    return groups
+
+
 _ITEM_TYPES: dict[str, type[_Item]] = {
     cls.__name__: cls
     for cls in (

@@ -27,7 +27,7 @@ from tomoweave.engine import (
 from tomoweave.formats.copick import read_ome_zarr
 from tomoweave.formats.dynamo import read_em
 from tomoweave.formats.mrc import write_mrc
-from tomoweave.model import Particle, Subtomogram, TiltSeries, Tomogram, Volume
+from tomoweave.model import Particle, Subtomogram, TiltSeries, Tomogram, Volume, particles_by_tomogram
 from tomoweave.protocols.imports import _link, expand_files, series_name
 
 MATCH_TOLERANCE_DEG = 1.0
@@ -77,7 +77,7 @@ class InteropImport(Protocol):
             tasks += [Task(key=f"tomogram:{t.name}", payload=t) for t in loaded.tomograms]
             tasks += [Task(key=f"volume:{v.name}", payload=v) for v in loaded.volumes]
             subtomograms = {s.name: s for s in loaded.subtomograms}
-            for tomogram, group in _by_tomogram(loaded.particles).items():
+            for tomogram, group in particles_by_tomogram(loaded.particles).items():
                 tasks.append(Task(key=f"particles:{tomogram}", payload={
                     "particles": [p.model_dump(mode="json") for p in group],
                     "subtomograms": [subtomograms[p.name].model_dump(mode="json")
@@ -207,12 +207,6 @@ def merge_onto(target: TiltSeries, imported: TiltSeries) -> TiltSeries:
         mine.excluded = mine.excluded or theirs.excluded
     return merged
 
-
-def _by_tomogram(particles: list[Particle]) -> dict[str, list[Particle]]:
-    groups: dict[str, list[Particle]] = {}
-    for particle in particles:
-        groups.setdefault(particle.tomogram, []).append(particle)
-    return groups
 
 
 class ImportRelion5(InteropImport):

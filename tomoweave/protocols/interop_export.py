@@ -18,7 +18,7 @@ from tomoweave.formats import copick, dynamo, eman, relion5, warp
 from tomoweave.formats import relion_particles as rp
 from tomoweave.formats.imod_extra import write_imod_particles
 from tomoweave.formats.mrc import read_mrc
-from tomoweave.model import Particle, TiltSeries, Tomogram
+from tomoweave.model import Particle, TiltSeries, Tomogram, particles_by_tomogram
 
 
 class InteropExportParams(BaseModel):
@@ -71,7 +71,7 @@ class InteropExport(Protocol):
         written = []
         if series and self.writes_series:
             written += WRITERS[self.target](Loaded(series=series), out, ConvertOptions())
-        for tomogram, group in _by_tomogram(particles).items():
+        for tomogram, group in particles_by_tomogram(particles).items():
             pixel, size = _frame(tomogram, tomograms, series, params)
             written += self.write_particles(out, tomogram, group, pixel, size)
         return written
@@ -91,12 +91,6 @@ def _absolute_paths(series: TiltSeries, context: ProcessContext) -> TiltSeries:
                 setattr(tilt, name, str(context.resolve(value)))
     return copy
 
-
-def _by_tomogram(particles: list[Particle]) -> dict[str, list[Particle]]:
-    groups: dict[str, list[Particle]] = {}
-    for particle in particles:
-        groups.setdefault(particle.tomogram, []).append(particle)
-    return groups
 
 
 def _frame(name: str, tomograms: list[Tomogram], series: list[TiltSeries],

@@ -27,14 +27,7 @@ from tomoweave.engine import (
     param,
 )
 from tomoweave.formats.mrc import MrcError, mmap_mrc, read_mrc, write_mrc
-from tomoweave.model import Particle, Segmentation, Subtomogram, Tomogram
-
-
-def group_by_tomogram(particles: list[Particle]) -> dict[str, list[Particle]]:
-    groups: dict[str, list[Particle]] = defaultdict(list)
-    for particle in particles:
-        groups[particle.tomogram].append(particle)
-    return dict(sorted(groups.items()))
+from tomoweave.model import Particle, Segmentation, Subtomogram, Tomogram, particles_by_tomogram
 
 
 def _dump(particles: list[Particle]) -> list[dict]:
@@ -56,8 +49,8 @@ class _PerTomogram(Protocol):
     outputs = {"particles": Output(Particle, help="the particles kept")}
 
     def plan(self, params: Any, inputs: dict[str, Any]) -> list[Task]:
-        return [Task(key=name, payload={"particles": _dump(group)})
-                for name, group in group_by_tomogram(inputs.get("particles", [])).items()]
+        groups = particles_by_tomogram(inputs.get("particles", []))
+        return [Task(key=name, payload={"particles": _dump(groups[name])}) for name in sorted(groups)]
 
 
 # ----------------------------------------------------------------------------- consensus
@@ -328,7 +321,7 @@ class ExtractParticles(Protocol):
 
     def plan(self, params: ExtractParams, inputs: dict[str, Any]) -> list[Task]:
         tomograms = {t.name: t for t in inputs.get("tomograms") or []}
-        groups = group_by_tomogram(inputs.get("particles", []))
+        groups = dict(sorted(particles_by_tomogram(inputs.get("particles", [])).items()))
         unknown = sorted(set(groups) - set(tomograms))
         if unknown:
             raise InputError(f"particles refer to tomograms {unknown} that are not in the "
