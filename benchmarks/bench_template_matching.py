@@ -22,7 +22,9 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
+from tomoweave.algorithms import fourier, volumes
 from tomoweave.algorithms import template_matching as tm
+from tomoweave.geometry import sampling
 
 SHAPE_ZYX = (128, 256, 256)
 BOX = 32
@@ -79,10 +81,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     tomogram = rng.normal(size=SHAPE_ZYX).astype(np.float32)
     template = ndimage.gaussian_filter(rng.normal(size=(BOX,) * 3), 2).astype(np.float32)
-    mask = tm.spherical_mask(BOX, BOX / 2 - 3)
-    weight = tm.template_weight(BOX, 10.0, (-60.0, 60.0), 25.0)
+    mask = volumes.spherical_mask(BOX, BOX / 2 - 3)
+    weight = fourier.wedge_ctf_weight(BOX, 10.0, (-60.0, 60.0), 25.0)
     prepared = tm.PreparedTemplate(template, mask, weight)
-    rotations = tm.angular_sampling(30.0)[:N_ORIENTATIONS]
+    rotations = sampling.angular_sampling(30.0)[:N_ORIENTATIONS]
     tm.match_template(tomogram[:32, :64, :64], prepared, rotations[:2])  # compile numba
     voxels = int(np.prod(SHAPE_ZYX))
 

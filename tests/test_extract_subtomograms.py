@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.fft
 
-from tomoweave.algorithms import extraction
+from tomoweave.algorithms import extraction, fourier
 from tomoweave.sim import resolve_config
 from tomoweave.sim.specimen import build_specimen
 from tomoweave.sim.templates import add_particle, load_template
@@ -51,7 +51,7 @@ def test_extraction_centres_particles_picked_at_bin4(truth_volume, binning):
     size_xyz = np.array(volume.shape[::-1])
     pixel = pixel_1 * binning
     if binning > 1:
-        volume = extraction.fourier_crop(volume, tuple(s // binning for s in volume.shape))
+        volume = fourier.fourier_crop(volume, tuple(s // binning for s in volume.shape))
     bin4_pixel = 4 * pixel_1
     ribosomes = [p for p in truth.particles if p.template == "4v4r"]
     box_px = int(BOX_A / pixel) // 2 * 2
@@ -79,7 +79,7 @@ def test_extraction_binning_parameter_matches_binned_tomogram(truth_volume):
     particle = next(p for p in truth.particles if p.template == "4v4r")
     from_bin1 = extraction.extract_particles(volume, truth.pixel_size_a,
                                              np.array([particle.position_a]), 24, binning=2.0)[0]
-    binned = extraction.fourier_crop(volume, tuple(s // 2 for s in volume.shape))
+    binned = fourier.fourier_crop(volume, tuple(s // 2 for s in volume.shape))
     from_bin2 = extraction.extract_particles(binned, 2 * truth.pixel_size_a,
                                              np.array([particle.position_a]), 24)[0]
     correlation = np.corrcoef(from_bin1.ravel(), from_bin2.ravel())[0, 1]

@@ -8,7 +8,7 @@ from test_pick_support import degrade
 
 from tomoweave.algorithms import membranes
 from tomoweave.algorithms import particle_pruning as pp
-from tomoweave.algorithms.extraction import fourier_crop
+from tomoweave.algorithms.fourier import fourier_crop
 from tomoweave.geometry.rotations import random_rotations, rotation_z
 from tomoweave.sim import resolve_config
 from tomoweave.sim.specimen import build_specimen

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 
-from tomoweave.algorithms.template_matching import rotate_volume, wedge_mask
+from tomoweave.algorithms.fourier import wedge_mask
+from tomoweave.algorithms.volumes import rotate_volume
 from tomoweave.formats.mrc import read_mrc
 from tomoweave.geometry.rotations import random_rotations
 
@@ -23,7 +24,7 @@ if not TEMPLATES.exists():  # CI clones main with shared/ beside it
 
 def load_template(name: str = "4v4r", pixel_size_a: float = 10.0, box: int | None = None):
     """A template map from shared/data, rescaled to ``pixel_size_a`` and cropped to ``box``."""
-    from tomoweave.algorithms.template_matching import crop_or_pad, rescale_volume
+    from tomoweave.algorithms.volumes import crop_or_pad, rescale_volume
 
     data, source_pixel_a = read_mrc(TEMPLATES / f"{name}.mrc")
     data = rescale_volume(data, source_pixel_a, pixel_size_a)

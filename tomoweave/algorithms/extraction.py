@@ -10,10 +10,9 @@ crops the Fourier transform of the extracted box (no aliasing).
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft
 from scipy import ndimage
 
-from tomoweave.algorithms.template_matching import radial_ctf, wedge_mask
+from tomoweave.algorithms.fourier import fourier_crop, full_grid_from_rfft, radial_ctf, wedge_mask
 
 
 def position_to_voxel(positions_a: np.ndarray, shape_zyx: tuple[int, int, int],
@@ -21,24 +20,6 @@ def position_to_voxel(positions_a: np.ndarray, shape_zyx: tuple[int, int, int],
     """Voxel coordinates (x, y, z), fractional, of positions in Å from the volume centre."""
     positions = np.asarray(positions_a, dtype=float).reshape(-1, 3)
     return positions / pixel_size_a + np.array(shape_zyx[::-1]) // 2
-
-
-def fourier_crop(volume: np.ndarray, size: int | tuple[int, ...]) -> np.ndarray:
-    """Downsample a volume to ``size`` (int: a cube) by cropping its spectrum.
-
-    Index N // 2 stays the centre on every axis, so positions in Å from the centre keep their
-    meaning: this is Fourier binning of a box or of a whole tomogram.
-    """
-    shape = (size,) * volume.ndim if isinstance(size, int | np.integer) else tuple(size)
-    if shape == volume.shape:
-        return volume.astype(np.float32)
-    if any(n > m for n, m in zip(shape, volume.shape, strict=True)):
-        raise ValueError(f"fourier_crop: cannot enlarge {volume.shape} to {shape}")
-    spectrum = scipy.fft.fftshift(scipy.fft.fftn(volume, workers=-1))
-    region = tuple(slice(m // 2 - n // 2, m // 2 - n // 2 + n)
-                   for n, m in zip(shape, volume.shape, strict=True))
-    out = scipy.fft.ifftn(scipy.fft.ifftshift(spectrum[region]), workers=-1).real
-    return (out * (np.prod(shape) / np.prod(volume.shape))).astype(np.float32)
 
 
 def extract_subvolume(volume: np.ndarray, centre_xyz_px: np.ndarray, box_px: int,
@@ -128,17 +109,5 @@ def weight_volume(box_px: int, pixel_size_a: float, tilt_range_deg: tuple[float,
         weight *= wedge_mask(shape, *tilt_range_deg)
     if ctf is not None:
         weight *= radial_ctf(shape, pixel_size_a, **ctf) ** 2
-    full = _full_from_half(weight, box_px)
+    full = full_grid_from_rfft(weight, box_px)
     return np.fft.fftshift(full).astype(np.float32)
-
-
-def _full_from_half(half: np.ndarray, box_px: int) -> np.ndarray:
-    """Full Hermitian-symmetric grid from the rfft half (real, symmetric weights)."""
-    full = np.empty((box_px,) * 3, dtype=np.float32)
-    n_half = half.shape[2]
-    full[:, :, :n_half] = half
-    kx = np.arange(n_half, box_px)
-    mirror = (-kx) % box_px
-    index = (-np.arange(box_px)) % box_px
-    full[:, :, n_half:] = half[index][:, index][:, :, mirror]
-    return full

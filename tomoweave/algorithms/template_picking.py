@@ -15,7 +15,9 @@ import scipy.fft
 from scipy import ndimage
 from scipy.special import erfcinv
 
+from tomoweave.algorithms import fourier, volumes
 from tomoweave.algorithms import template_matching as tm
+from tomoweave.geometry import sampling
 
 MAX_RESCALE_FACTOR = 8.0  # beyond this a template is most likely the wrong file or pixel size
 
@@ -42,14 +44,14 @@ def prepare_search_template(template: np.ndarray, template_pixel_a: float, pixel
     the (signed) CTF already turns the positive density dark, so no further sign flip is made.
     """
     rescale_factor_checked(template_pixel_a, pixel_size_a)
-    volume = tm.rescale_volume(np.asarray(template, dtype=np.float32), template_pixel_a,
+    volume = volumes.rescale_volume(np.asarray(template, dtype=np.float32), template_pixel_a,
                                pixel_size_a)
     box = max(8, 2 * int(np.ceil(0.6 * diameter_a / pixel_size_a)))
-    volume = tm.crop_or_pad(volume, box)
+    volume = volumes.crop_or_pad(volume, box)
     if contrast == "dark" and ctf is None:
         volume = -volume
-    weight = tm.template_weight(box, pixel_size_a, tilt_range_deg, lowpass_a, ctf)
-    mask = tm.spherical_mask(box, 0.5 * diameter_a / pixel_size_a, soft_px=2.0)
+    weight = fourier.wedge_ctf_weight(box, pixel_size_a, tilt_range_deg, lowpass_a, ctf)
+    mask = volumes.spherical_mask(box, 0.5 * diameter_a / pixel_size_a, soft_px=2.0)
     return tm.PreparedTemplate(volume, mask, weight)
 
 
@@ -78,10 +80,10 @@ def pick_with_template(tomogram: np.ndarray, pixel_size_a: float, template: tm.P
     Peaks closer than ``exclusion_radius_a`` (default: the particle radius) to a better one are
     dropped; peaks within a particle radius of the volume's faces are ignored.
     """
-    rotations = tm.angular_sampling(angular_step_deg, symmetry)
+    rotations = sampling.angular_sampling(angular_step_deg, symmetry)
 
     def tomogram_filter(shape: tuple[int, ...]) -> np.ndarray:
-        return tm.lowpass_filter(shape, pixel_size_a, lowpass_a)
+        return fourier.lowpass_filter(shape, pixel_size_a, lowpass_a)
 
     result = tm.match_template(tomogram, template, rotations,
                                tomogram_filter if lowpass_a else None, progress=progress)
@@ -140,7 +142,7 @@ def _filtered(volume: np.ndarray, pixel_size_a: float, lowpass_a: float | None) 
     data = np.asarray(volume, dtype=np.float32)
     if not lowpass_a:
         return data
-    weight = tm.lowpass_filter(data.shape, pixel_size_a, lowpass_a)
+    weight = fourier.lowpass_filter(data.shape, pixel_size_a, lowpass_a)
     return scipy.fft.irfftn(scipy.fft.rfftn(data, workers=-1) * weight, s=data.shape,
                             workers=-1).astype(np.float32)
 

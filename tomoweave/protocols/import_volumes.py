@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tomoweave.algorithms.template_matching import parse_symmetry
 from tomoweave.engine import InputError, Output, ProcessContext, Protocol, Task, param
 from tomoweave.formats.mrc import MrcError, mrc_header_info
+from tomoweave.geometry.symmetry import parse_symmetry
 from tomoweave.model import Tomogram, Volume
 from tomoweave.protocols.imports import _link, expand_files, series_name
 

@@ -15,7 +15,6 @@ import numpy as np
 from pydantic import BaseModel
 
 from tomoweave.algorithms import membranes
-from tomoweave.algorithms.template_matching import parse_symmetry
 from tomoweave.algorithms.template_picking import (
     pick_with_template,
     prepare_search_template,
@@ -32,6 +31,7 @@ from tomoweave.engine import (
     param,
 )
 from tomoweave.formats.mrc import MrcError, read_mrc, write_mrc
+from tomoweave.geometry.symmetry import parse_symmetry
 from tomoweave.model import Particle, Segmentation, TiltSeries, Tomogram, Volume
 
 
