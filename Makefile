@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_project
 
-.PHONY: demo test bench lint install system-packages clean
+.PHONY: demo test bench lint install system-packages clean portability
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: install system-packages
 
 bench: install system-packages
 	$(BIN)/python -m benchmarks
+
+# The suite with numba compiled for a CPU without AVX, then on one thread: catches tolerances that
+# hold only for one summation order (DEVELOPERS.md).
+portability: install
+	NUMBA_CPU_NAME=generic NUMBA_CACHE_DIR=$(CURDIR)/.numba_cache/generic $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
+	NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 NUMBA_CACHE_DIR=$(CURDIR)/.numba_cache/one-thread $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check tomoweave tests benchmarks
