@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from tomoweave.algorithms.fourier import fourier_crop, full_grid_from_rfft, radial_ctf, wedge_mask
+from tomoweave.algorithms.fourier import centred_grid_from_rfft, fourier_crop, wedge_ctf_weight
 
 
 def position_to_voxel(positions_a: np.ndarray, shape_zyx: tuple[int, int, int],
@@ -98,16 +98,11 @@ def extract_particles(volume: np.ndarray, pixel_size_a: float, positions_a: np.n
 
 def weight_volume(box_px: int, pixel_size_a: float, tilt_range_deg: tuple[float, float] | None,
                   ctf: dict | None = None) -> np.ndarray:
-    """Missing-wedge (× CTF²) weight of a subtomogram, full FFT grid, centred (fftshifted).
+    """Signed 3D CTF model C of a plain subtomogram (missing wedge × CTF), centred full grid.
 
-    Index box // 2 on every axis is the zero frequency, as RELION's 3D CTF volumes. ``ctf``
-    holds ``defocus_a`` and optionally the microscope values of :func:`radial_ctf`.
+    Index box // 2 on every axis is the zero frequency, as RELION 3.1's 3D CTF volumes; the
+    averaging loader premultiplies the data by C and weights by C². ``ctf`` holds ``defocus_a``
+    and optionally the microscope values of :func:`radial_ctf` and ``phase_flipped``.
     """
-    shape = (box_px,) * 3
-    weight = np.ones((box_px, box_px, box_px // 2 + 1), dtype=np.float32)
-    if tilt_range_deg is not None:
-        weight *= wedge_mask(shape, *tilt_range_deg)
-    if ctf is not None:
-        weight *= radial_ctf(shape, pixel_size_a, **ctf) ** 2
-    full = full_grid_from_rfft(weight, box_px)
-    return np.fft.fftshift(full).astype(np.float32)
+    weight = wedge_ctf_weight(box_px, pixel_size_a, tilt_range_deg, None, ctf)
+    return centred_grid_from_rfft(weight, box_px)

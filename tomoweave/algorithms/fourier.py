@@ -11,6 +11,7 @@ import numpy as np
 import scipy.fft
 
 from tomoweave.algorithms.ctf_model import ctf_at_frequencies
+from tomoweave.algorithms.preprocess import critical_exposure_e_a2
 
 
 def rfft_frequencies(shape_zyx: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
@@ -107,3 +108,79 @@ def full_grid_from_rfft(half: np.ndarray, box_px: int) -> np.ndarray:
     index = (-np.arange(box_px)) % box_px
     full[:, :, n_half:] = half[index][:, index][:, :, mirror]
     return full
+
+
+def centred_grid_from_rfft(half: np.ndarray, box_px: int) -> np.ndarray:
+    """Full grid with the zero frequency at index box // 2 (as RELION 3.1 writes 3D CTFs) from
+    a real weight on the rfft half grid (box, box, box // 2 + 1)."""
+    return np.fft.fftshift(full_grid_from_rfft(half, box_px)).astype(np.float32)
+
+
+def rfft_from_centred_grid(centred: np.ndarray) -> np.ndarray:
+    """The rfft half grid (box, box, box // 2 + 1) of a real weight whose zero frequency is at
+    index box // 2 on every axis (the inverse of :func:`centred_grid_from_rfft`)."""
+    box_px = centred.shape[-1]
+    if centred.shape[-3:] != (box_px,) * 3:
+        raise ValueError(f"expected a cubic weight volume, got shape {centred.shape}")
+    unshifted = np.fft.ifftshift(np.asarray(centred, dtype=np.float32), axes=(-3, -2, -1))
+    return np.ascontiguousarray(unshifted[..., : box_px // 2 + 1])
+
+
+def centred_frequencies_2d(box_px: int, pixel_size_a: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fx, fy) in 1/Å on the full 2D grid of a box whose zero frequency is at index box // 2."""
+    axis = (np.arange(box_px) - box_px // 2) / (box_px * pixel_size_a)
+    return axis[None, :], axis[:, None]
+
+
+def tilt_transfers(box_px: int, pixel_size_a: float, ctf: dict, exposure_e_a2: np.ndarray | None,
+                   *, exposure_power: float = 1.0) -> np.ndarray:
+    """Transfer h_t = CTF_t × exposure envelope_t of every tilt on its central slice.
+
+    One function serves the 3D CTF model of plain subtomograms and the insertion of
+    pseudo-subtomograms: the observed slice of tilt t is X_t = h_t S + noise.
+
+    Parameters
+    ----------
+    box_px, pixel_size_a : int, float
+        The slice grid: box_px² at pixel_size_a Å, zero frequency at index box_px // 2.
+    ctf : dict
+        Per tilt (arrays of T): ``defocus_u_a``, ``defocus_v_a`` (at the particle, underfocus
+        positive, Å), ``astigmatism_angle_deg`` (of U from the image X axis); optional
+        ``phase_shift_deg``; scalars ``voltage_kv``, ``spherical_aberration_mm``,
+        ``amplitude_contrast``; ``phase_flipped`` True gives ``-|CTF|`` (images that were
+        phase-flipped keep dense objects dark).
+    exposure_e_a2 : (T,) or None
+        Exposure of each tilt at the middle of its acquisition, e/Å² (None: no damping).
+    exposure_power : float
+        1 for images as recorded (radiation damage damps the amplitudes once); 2 for images
+        that were also dose-filtered.
+
+    Returns
+    -------
+    (T, box_px, box_px) float32, [t, fy, fx].
+    """
+    fx, fy = centred_frequencies_2d(box_px, pixel_size_a)
+    defocus_u = np.atleast_1d(np.asarray(ctf["defocus_u_a"], dtype=float))
+    count = len(defocus_u)
+    phases = np.broadcast_to(np.asarray(ctf.get("phase_shift_deg", 0.0), dtype=float), (count,))
+    angles = np.broadcast_to(np.asarray(ctf.get("astigmatism_angle_deg", 0.0), dtype=float),
+                             (count,))
+    defocus_v = np.broadcast_to(np.asarray(ctf.get("defocus_v_a", defocus_u), dtype=float),
+                                (count,))
+    voltage_kv = float(ctf.get("voltage_kv", 300.0))
+    envelope_rate = None
+    if exposure_e_a2 is not None:
+        frequency = np.sqrt(fx * fx + fy * fy)
+        envelope_rate = exposure_power / (2.0 * critical_exposure_e_a2(frequency, voltage_kv))
+        envelope_rate[box_px // 2, box_px // 2] = 0.0  # keep the mean
+    out = np.empty((count, box_px, box_px), dtype=np.float32)
+    for t in range(count):
+        values = ctf_at_frequencies(fx, fy, defocus_u[t], defocus_v[t], angles[t], voltage_kv,
+                                    float(ctf.get("spherical_aberration_mm", 2.7)),
+                                    float(ctf.get("amplitude_contrast", 0.07)), phases[t])
+        if ctf.get("phase_flipped"):
+            values = -np.abs(values)
+        if envelope_rate is not None:
+            values = values * np.exp(-float(exposure_e_a2[t]) * envelope_rate)
+        out[t] = values
+    return out

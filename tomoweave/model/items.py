@@ -218,7 +218,15 @@ class Subtomogram(_Item):
     name: str
     particle: Particle
     path: str
-    weight_path: str | None = None
+    weight_path: str | None = Field(
+        None, description="3D Fourier weight, MRC box³, zero frequency at index box // 2 "
+        "(RELION 3.1's rlnCtfImage): Σ CTF² when ctf_premultiplied, else the signed 3D CTF")
+    multiplicity_path: str | None = Field(
+        None, description="how many tilt slices touched each Fourier voxel (same grid as "
+        "weight_path); pseudo-subtomograms only")
+    ctf_premultiplied: bool = Field(
+        False, description="path holds CTF-premultiplied data (RELION's "
+        "rlnCtfDataAreCtfPremultiplied)")
     pixel_size_a: float = Field(gt=0)
     box_size_px: int
 

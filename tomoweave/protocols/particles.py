@@ -348,6 +348,8 @@ class ExtractParticles(Protocol):
         ctf = {"defocus_a": params.defocus_a} if params.ctf_weight else None
         weight = extraction.weight_volume(params.box_size_px, pixel_out,
                                           (params.tilt_min_deg, params.tilt_max_deg), ctf)
+        if ctf is not None and params.invert:  # the model of the inverted box is -CTF · S
+            weight = -weight
         weight_path = context.relative(write_mrc(
             context.output_path(f"{tomogram.name}/weight.mrc"), weight, pixel_out))
         subtomograms = []

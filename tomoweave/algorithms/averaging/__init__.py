@@ -1,0 +1,1 @@
+"""Subtomogram averaging: particle images, alignment scores, reconstruction from poses, FSC."""
