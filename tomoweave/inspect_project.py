@@ -27,6 +27,8 @@ def run_summary(project: Project, run: Run) -> dict[str, Any]:
         "finished": record.finished,
         "items_done": sum(1 for j in journal.values() if j["state"] == TaskState.DONE),
         "items_failed": sum(1 for j in journal.values() if j["state"] == TaskState.FAILED),
+        "running": {t: {"progress": j.get("progress") or 0.0, "message": j.get("message") or ""}
+                    for t, j in journal.items() if j["state"] == TaskState.RUNNING},
         "inputs": record.inputs.get("references", {}),
         "outputs": outputs,
     }
@@ -45,7 +47,8 @@ def show(project: Project, reference: str) -> dict[str, Any]:
     details = run_summary(project, run)
     details.update(params=record.params, provenance=record.provenance, error=record.error,
                    journal=[{"task": t, "state": j["state"], "error": j["error"],
-                             "attempts": j["attempts"]}
+                             "attempts": j["attempts"], "progress": j.get("progress"),
+                             "message": j.get("message")}
                             for t, j in project.catalog.journal(run.id).items()])
     sets = project.catalog.sets_of_run(run.id)
     if output is not None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from tomoweave.engine.errors import TomoweaveError
 
@@ -78,11 +78,16 @@ class RunProgress:
 
     def __init__(self, label: str, enabled: bool | None = None):
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.label = label
         self.total = 0
+        self.finished = 0
+        self.running: dict[str, tuple[float, str]] = {}  # task -> (fraction, message)
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TaskProgressColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[message]}"),
                                  transient=False) if self.enabled else None
-        self.task_id = self.progress.add_task(label, total=0) if self.progress else None
+        self.task_id = self.progress.add_task(label, total=0, message="") \
+            if self.progress else None
 
     def __enter__(self):
         if self.progress:
@@ -97,7 +102,26 @@ class RunProgress:
         self.total += count
         if self.progress:
             self.progress.update(self.task_id, total=self.total)
+        self._show()
 
     def advance(self) -> None:
-        if self.progress:
-            self.progress.advance(self.task_id)
+        self.finished += 1
+        self._show()
+
+    def task_progress(self, key: str, fraction: float | None, message: str) -> None:
+        """Live progress inside a running task (None: the task ended)."""
+        if fraction is None:
+            self.running.pop(key, None)
+        else:
+            self.running[key] = (fraction, message)
+        self._show()
+
+    def _show(self) -> None:
+        if not self.progress:
+            return
+        completed = self.finished + sum(f for f, _ in self.running.values())
+        latest = next(reversed(self.running.items()), None)
+        message = f"{latest[0]}: {latest[1][1]}" if latest and latest[1][1] else ""
+        description = f"{self.label} ({self.finished}/{self.total})"
+        self.progress.update(self.task_id, completed=completed, description=description,
+                             message=message)

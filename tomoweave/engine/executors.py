@@ -24,6 +24,7 @@ class Executor:
     """Submit callables, wait for any of them, shut down."""
 
     n_workers: int = 1
+    kind: str = ""  # inline, local or dask: how context.map fans out inside a task
 
     def submit(self, function: Callable, *args: Any) -> Any:
         raise NotImplementedError
@@ -41,6 +42,8 @@ class Executor:
 
 
 class InlineExecutor(Executor):
+    kind = "inline"
+
     def submit(self, function: Callable, *args: Any) -> futures.Future:
         future: futures.Future = futures.Future()
         try:
@@ -54,6 +57,8 @@ class InlineExecutor(Executor):
 
 
 class LocalExecutor(Executor):
+    kind = "local"
+
     def __init__(self, n_workers: int | None = None):
         self.n_workers = n_workers or os.cpu_count() or 1
         # forkserver: workers start from a clean process, safe beside threads of the scheduler
@@ -68,6 +73,8 @@ class LocalExecutor(Executor):
 
 
 class DaskExecutor(Executor):
+    kind = "dask"
+
     def __init__(self, n_workers: int | None = None, address: str | None = None):
         try:
             from distributed import Client, LocalCluster

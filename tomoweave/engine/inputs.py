@@ -115,3 +115,10 @@ def load_input_items(catalog: Catalog, protocol: type[Protocol],
 def inputs_open(catalog: Catalog, set_ids: dict[str, list[int]]) -> bool:
     """True while any input set may still grow (streaming)."""
     return any(catalog.set_by_id(i).state == SetState.OPEN for ids in set_ids.values() for i in ids)
+
+
+def inputs_signature(catalog: Catalog, set_ids: dict[str, list[int]]) -> tuple:
+    """Changes when an input set gains, loses or replaces items or changes state: a cheap test
+    of whether planning again can find new work."""
+    ids = sorted({i for group in set_ids.values() for i in group})
+    return catalog.sets_signature(ids)

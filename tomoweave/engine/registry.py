@@ -68,8 +68,15 @@ def register_protocol(protocol_class: type[Protocol]) -> None:
     _extra[protocol_class.name] = protocol_class
 
 
-def get_protocol(name: str) -> type[Protocol]:
+def get_protocol(name: str, module: str | None = None) -> type[Protocol]:
+    """The protocol called ``name``; ``module`` is imported first when it is not registered
+    here (a worker process running a protocol its scheduler registered at run time)."""
     known = protocols()
+    if name not in known and module:
+        found: dict[str, type[Protocol]] = {}
+        _collect(importlib.import_module(module), found)
+        _extra.update(found)
+        known = protocols()
     if name not in known:
         close = [n for n in known if name.split(".")[0] in n]
         hint = f"; did you mean {', '.join(close[:5])}?" if close else ""

@@ -15,19 +15,22 @@ import time
 import traceback
 from typing import Any
 
+from tomoweave.engine import checkpoint
 from tomoweave.engine.context import ProcessContext
 from tomoweave.engine.executors import Executor
-from tomoweave.engine.inputs import inputs_open, load_input_items
+from tomoweave.engine.inputs import inputs_open, inputs_signature, load_input_items
 from tomoweave.engine.protocol import Task
 from tomoweave.engine.provenance import environment_provenance
 from tomoweave.engine.registry import get_protocol
 from tomoweave.engine.run_log import RunLog
+from tomoweave.engine.task_events import EventRelay
 from tomoweave.engine.worker import encode_payload, execute_task
 from tomoweave.model.sets import RunState, SetState, TaskState
 from tomoweave.store.catalog import Catalog
 from tomoweave.store.project_dir import ProjectLayout
 
-STREAM_POLL_SECONDS = 2.0
+STREAM_POLL_SECONDS = 2.0  # how often an open input is looked at for new items
+LIVE_POLL_SECONDS = 0.25  # how often running tasks' log lines and progress are passed on
 
 
 class RunScheduler:
@@ -44,7 +47,8 @@ class RunScheduler:
         self.log = RunLog(layout.root / self.run.folder / "logs" / "run.log")
         self.progress = progress
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
-        self.pending: dict[Any, tuple[Task, str]] = {}
+        self.pending: dict[Any, tuple[Task, str, ProcessContext]] = {}
+        self.relay = EventRelay(run_id, self.log, catalog, progress)
 
     def execute(self) -> str:
         self._start()
@@ -64,9 +68,10 @@ class RunScheduler:
         return state
 
     def _start(self) -> None:
-        outputs = self.layout.root / self.run.folder / "outputs"
-        for leftover in outputs.rglob(".*.tmp"):  # half-written files of an interrupted attempt
-            leftover.unlink()
+        run_dir = self.layout.root / self.run.folder
+        for folder in (run_dir / "outputs", run_dir / "work"):
+            for leftover in folder.rglob(".*.tmp"):  # half-written files of an interrupted attempt
+                leftover.unlink()
         self.output_sets = {
             name: self.catalog.ensure_set(self.run.id, name, spec.item_type.__name__)
             for name, spec in self.protocol_class.outputs.items()
@@ -97,9 +102,31 @@ class RunScheduler:
                 self._submit(task, inputs, origin)
             if not self.pending and not still_open:
                 break
-            timeout = STREAM_POLL_SECONDS if still_open else None
-            for handle in self.executor.wait_any(list(self.pending), timeout=timeout):
+            for handle in self._wait(still_open):
                 self._collect(handle)
+
+    def _wait(self, still_open: bool) -> list[Any]:
+        """Tasks that ended, passing on the running tasks' live reports meanwhile. While inputs
+        are open, return early when they changed (a cheap look at the catalog) so new items are
+        planned at once; a source protocol (no inputs) plans again every STREAM_POLL_SECONDS."""
+        signature = inputs_signature(self.catalog, self.input_set_ids) if still_open else None
+        deadline = time.monotonic() + STREAM_POLL_SECONDS
+        while True:
+            if self.pending:
+                done = self.executor.wait_any(list(self.pending), timeout=LIVE_POLL_SECONDS)
+            else:
+                time.sleep(LIVE_POLL_SECONDS)
+                done = []
+            self.relay.drain()
+            if done or (not still_open and not self.pending):
+                return done
+            if still_open and self._may_have_new_work(signature, deadline):
+                return []
+
+    def _may_have_new_work(self, signature: tuple, deadline: float) -> bool:
+        if not self.input_set_ids:
+            return time.monotonic() >= deadline
+        return inputs_signature(self.catalog, self.input_set_ids) != signature
 
     def _submit(self, task: Task, inputs: dict[str, Any], origin: dict[str, int]) -> None:
         mapped = self.protocol_class.mapped_input()
@@ -116,20 +143,26 @@ class RunScheduler:
             task.sources = [(origin[task.key], task.key)]
         self.catalog.mark_task_started(self.run.id, task.key, digest)
         context = ProcessContext(self.layout.root, self.run.folder, task.key, broadcast,
-                                 self.executor.threads_per_task())
+                                 self.executor.threads_per_task(), digest=digest,
+                                 executor_kind=self.executor.kind)
+        self.relay.watch(task.key, context.events_path)
+        if self.executor.kind == "inline":  # same process: its reports are passed on at once
+            context.listener = lambda: self.relay.drain(task.key)
         handle = self.executor.submit(execute_task, self.run.protocol, self.run.params,
-                                      payload_type, payload, context)
-        self.pending[handle] = (task, digest)
+                                      payload_type, payload, context,
+                                      self.protocol_class.__module__)
+        self.pending[handle] = (task, digest, context)
 
     def _collect(self, handle: Any) -> None:
-        task, digest = self.pending.pop(handle)
+        task, digest, context = self.pending.pop(handle)
+        worker_lost = False
         try:
             outcome = handle.result()
         except BaseException as error:  # the worker process itself died
+            worker_lost = True
             outcome = {"error": f"worker failed: {type(error).__name__}: {error}", "outputs": {},
-                       "messages": [], "commands": [], "traceback": None, "seconds": 0.0}
-        for message in outcome.get("messages", []):
-            self.log.write(_with_key(task.key, message))
+                       "commands": [], "traceback": None, "seconds": 0.0}
+        self.relay.finish(task.key)
         if outcome["error"]:
             self.counts["failed"] += 1
             self.catalog.fail_task(self.run.id, task.key, outcome["error"])
@@ -142,6 +175,8 @@ class RunScheduler:
             self.catalog.commit_task(self.run.id, task.key, digest, by_set, task.sources)
             self.counts["done"] += 1
             self.log.write(f"{task.key}: done in {outcome['seconds']:.1f} s")
+        if not worker_lost:  # the task ran to its end: nothing to continue from
+            checkpoint.remove_checkpoint(context.checkpoint_path)
         self._advance()
 
     def _advance(self) -> None:
@@ -162,10 +197,6 @@ class RunScheduler:
 
     def _count_text(self) -> str:
         return ", ".join(f"{value} {name}" for name, value in self.counts.items())
-
-
-def _with_key(key: str, message: str) -> str:
-    return message if message.startswith(f"{key}:") else f"{key}: {message}"
 
 
 def _without_key(key: str, message: str) -> str:

@@ -26,15 +26,16 @@ def decode_payload(type_name: str | None, data: Any) -> Any:
 
 
 def execute_task(protocol_name: str, params: dict, payload_type: str | None, payload: Any,
-                 context: ProcessContext) -> dict[str, Any]:
-    """Run one task; never raises: errors come back in the outcome."""
+                 context: ProcessContext, protocol_module: str | None = None) -> dict[str, Any]:
+    """Run one task; never raises: errors come back in the outcome. ``protocol_module`` is
+    where the protocol class lives, for protocols registered at run time."""
     from tomoweave.engine.registry import get_protocol
 
     started = time.time()
     _limit_threads(context.n_threads)
     outcome: dict[str, Any] = {"outputs": {}, "error": None, "traceback": None}
     try:
-        protocol_class = get_protocol(protocol_name)
+        protocol_class = get_protocol(protocol_name, protocol_module)
         validated = protocol_class.Params(**params)
         result = protocol_class().process(decode_payload(payload_type, payload), validated, context)
         outcome["outputs"] = _encode_outputs(protocol_class, result or {})
@@ -43,7 +44,9 @@ def execute_task(protocol_name: str, params: dict, payload_type: str | None, pay
     except Exception as error:
         outcome["error"] = f"{type(error).__name__}: {error}"
         outcome["traceback"] = traceback.format_exc()
-    outcome["messages"] = context.messages
+    finally:
+        context.close()
+    # messages reached the run log live, through the task's events file (task_events.py)
     outcome["commands"] = context.commands
     outcome["seconds"] = time.time() - started
     return outcome

@@ -37,12 +37,16 @@ CREATE TABLE IF NOT EXISTS lineage (
 CREATE TABLE IF NOT EXISTS journal (
     run_id INTEGER NOT NULL REFERENCES runs(id), task TEXT NOT NULL, digest TEXT NOT NULL,
     state TEXT NOT NULL, error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
-    started REAL, finished REAL, PRIMARY KEY (run_id, task)
+    started REAL, finished REAL, progress REAL, message TEXT, PRIMARY KEY (run_id, task)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, run_id INTEGER, kind TEXT NOT NULL, message TEXT
 );
 """
+
+
+# columns added after the first release: (table, column, SQL declaration)
+_ADDED_COLUMNS = (("journal", "progress", "REAL"), ("journal", "message", "TEXT"))
 
 
 @dataclass
@@ -94,6 +98,14 @@ class Catalog:
         self.connection.execute("PRAGMA synchronous=NORMAL")
         self.connection.execute("PRAGMA foreign_keys=ON")
         self.connection.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a catalog written by an earlier tomoweave up to this schema."""
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self.connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self.connection.close()
@@ -175,6 +187,16 @@ class Catalog:
         return self.connection.execute(
             "SELECT COUNT(*) FROM items WHERE set_id = ?", (set_id,)).fetchone()[0]
 
+    def sets_signature(self, set_ids: list[int]) -> tuple:
+        """(set id, state, item count, largest item id) of each set: changes with any commit."""
+        signature = []
+        for set_id in set_ids:
+            row = self.connection.execute(
+                "SELECT s.state, COUNT(i.id), MAX(i.id) FROM sets s LEFT JOIN items i"
+                " ON i.set_id = s.id WHERE s.id = ?", (set_id,)).fetchone()
+            signature.append((set_id, *row))
+        return tuple(signature)
+
     def lineage(self, item_id: int) -> list[tuple[int, str]]:
         rows = self.connection.execute(
             "SELECT source_set_id, source_key FROM lineage WHERE item_id = ?", (item_id,)).fetchall()
@@ -191,7 +213,8 @@ class Catalog:
                 "INSERT INTO journal (run_id, task, digest, state, attempts, started)"
                 " VALUES (?, ?, ?, 'running', 1, ?) ON CONFLICT (run_id, task) DO UPDATE SET"
                 " digest = excluded.digest, state = 'running', error = NULL,"
-                " attempts = attempts + 1, started = excluded.started, finished = NULL",
+                " attempts = attempts + 1, started = excluded.started, finished = NULL,"
+                " progress = NULL, message = NULL",
                 (run_id, task, digest, time.time()),
             )
 
@@ -216,8 +239,14 @@ class Catalog:
                         "INSERT INTO lineage (item_id, source_set_id, source_key) VALUES (?, ?, ?)",
                         [(item_id, s, k) for s, k in sources])
             cursor.execute(
-                "UPDATE journal SET state = 'done', digest = ?, error = NULL, finished = ?"
-                " WHERE run_id = ? AND task = ?", (digest, now, run_id, task))
+                "UPDATE journal SET state = 'done', digest = ?, error = NULL, finished = ?,"
+                " progress = 1.0 WHERE run_id = ? AND task = ?", (digest, now, run_id, task))
+
+    def update_task_progress(self, run_id: int, task: str, fraction: float, message: str) -> None:
+        """Live progress of a running task (what the web GUI's run page shows)."""
+        with self.transaction() as cursor:
+            cursor.execute("UPDATE journal SET progress = ?, message = ? WHERE run_id = ? AND task = ?",
+                           (fraction, message, run_id, task))
 
     def fail_task(self, run_id: int, task: str, error: str) -> None:
         with self.transaction() as cursor:

@@ -137,6 +137,7 @@ def run_details(request: Request, run_id: int) -> dict[str, Any]:
                            for i in ids]
                     for name, ids in record.inputs.get("set_ids", {}).items()},
         journal=[{"task": t, "state": j["state"], "error": j["error"], "attempts": j["attempts"],
+                  "progress": j.get("progress"), "message": j.get("message"),
                   "seconds": (j["finished"] - j["started"]) if j["finished"] and j["started"]
                   else None}
                  for t, j in project.catalog.journal(run.id).items()],
