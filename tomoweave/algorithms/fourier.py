@@ -62,6 +62,186 @@ def lowpass_filter(shape_zyx: tuple[int, int, int], pixel_size_a: float,
     return (0.5 * (1 + np.cos(np.pi * ramp))).astype(np.float32)
 
 
+# ----------------------------------------------------------------------------- Fourier shells
+def shell_indices(box_px: int) -> np.ndarray:
+    """Fourier shell of every voxel of a cubic box's rfftn grid: round(|k| · box), int32.
+
+    Shell ``s`` holds the frequencies nearest ``s / (box · pixel size)``; shells 0 … box // 2
+    are complete spheres, higher ones only the corners.
+    """
+    kz, ky, kx = rfft_frequencies((box_px,) * 3)
+    return np.rint(np.sqrt(kz**2 + ky**2 + kx**2) * box_px).astype(np.int32)
+
+
+def rfft_multiplicity(box_px: int) -> np.ndarray:
+    """How often each voxel of the rfftn half grid stands in the full grid (1 or 2), float32.
+
+    Sums over the full (Hermitian) spectrum equal sums over the half grid weighted by this: the
+    planes kx = 0 and kx = box / 2 (even boxes) hold their own mirror images, the others count
+    for themselves and their conjugates.
+    """
+    n_half = box_px // 2 + 1
+    counts = np.full(n_half, 2.0, dtype=np.float32)
+    counts[0] = 1.0
+    if box_px % 2 == 0:
+        counts[-1] = 1.0
+    return np.broadcast_to(counts, (box_px, box_px, n_half))
+
+
+def shell_frequencies_inv_a(box_px: int, pixel_size_a: float) -> np.ndarray:
+    """Spatial frequency of shells 0 … box // 2 in 1/Å."""
+    return np.arange(box_px // 2 + 1) / (box_px * float(pixel_size_a))
+
+
+def shell_sums(values: np.ndarray, box_px: int) -> np.ndarray:
+    """Sum over each complete shell 0 … box // 2 of a real rfftn-grid array, full-grid weighted.
+
+    ``values`` has shape (..., box, box, box // 2 + 1); the result (..., box // 2 + 1).
+    """
+    values = np.asarray(values)
+    lead = values.shape[:-3]
+    matrix = _shell_matrix(box_px)
+    flat = values.reshape(-1, matrix.shape[0]).astype(np.float64, copy=False)
+    return np.asarray(matrix.T @ flat.T).T.reshape(*lead, matrix.shape[1])
+
+
+_SHELL_MATRICES: dict[int, object] = {}
+
+
+def _shell_matrix(box_px: int):
+    """Sparse (voxels × shells) matrix: rfft multiplicity where a voxel lies in a shell."""
+    import scipy.sparse
+
+    if box_px in _SHELL_MATRICES:
+        return _SHELL_MATRICES[box_px]
+    shells = shell_indices(box_px).ravel()
+    weights = rfft_multiplicity(box_px).ravel()
+    n_shells = box_px // 2 + 1
+    keep = np.flatnonzero(shells < n_shells)
+    matrix = scipy.sparse.csr_matrix((weights[keep], (keep, shells[keep])),
+                                     shape=(shells.size, n_shells))
+    _SHELL_MATRICES[box_px] = matrix
+    return matrix
+
+
+def shell_average(values: np.ndarray, box_px: int) -> np.ndarray:
+    """Mean over each shell 0 … box // 2 of a real rfftn-grid array (..., box // 2 + 1)."""
+    counts = shell_sums(np.ones((box_px, box_px, box_px // 2 + 1), np.float32), box_px)
+    return shell_sums(values, box_px) / np.maximum(counts, 1.0)
+
+
+def shell_filter(per_shell: np.ndarray, box_px: int) -> np.ndarray:
+    """A radial filter on the rfftn grid from one value per shell (linear between shells).
+
+    Frequencies beyond shell box // 2 (the corners) take the last shell's value.
+    """
+    kz, ky, kx = rfft_frequencies((box_px,) * 3)
+    radius = np.sqrt(kz**2 + ky**2 + kx**2) * box_px
+    values = np.asarray(per_shell, dtype=float)
+    return np.interp(radius, np.arange(len(values)), values).astype(np.float32)
+
+
+def fourier_shell_correlation(volume_a: np.ndarray, volume_b: np.ndarray,
+                              mask: np.ndarray | None = None) -> np.ndarray:
+    """FSC of two cubic maps (optionally both multiplied by ``mask``) in shells 0 … box // 2.
+
+    Returns float64, one value per shell; shell 0 is the correlation of the means.
+    """
+    if volume_a.shape != volume_b.shape or len(set(volume_a.shape)) != 1:
+        raise ValueError(f"FSC needs two cubic maps of one size, got {volume_a.shape} and "
+                         f"{volume_b.shape}")
+    if mask is not None:
+        volume_a, volume_b = volume_a * mask, volume_b * mask
+    box = volume_a.shape[0]
+    fa = scipy.fft.rfftn(np.asarray(volume_a, np.float32), workers=-1)
+    fb = scipy.fft.rfftn(np.asarray(volume_b, np.float32), workers=-1)
+    return fsc_of_spectra(fa, fb, box)
+
+
+def fsc_of_spectra(spectrum_a: np.ndarray, spectrum_b: np.ndarray, box_px: int) -> np.ndarray:
+    """FSC of two rfftn spectra of a cubic box, shells 0 … box // 2 (float64)."""
+    cross = shell_sums((spectrum_a * np.conj(spectrum_b)).real, box_px)
+    power_a = shell_sums(np.abs(spectrum_a) ** 2, box_px)
+    power_b = shell_sums(np.abs(spectrum_b) ** 2, box_px)
+    denominator = np.sqrt(power_a * power_b)
+    return np.where(denominator > 0, cross / np.maximum(denominator, 1e-300), 0.0)
+
+
+def resolution_at_threshold(fsc: np.ndarray, box_px: int, pixel_size_a: float,
+                            threshold: float = 0.143) -> float:
+    """Resolution (Å) where the FSC first falls below ``threshold`` (linear between shells).
+
+    The search starts at shell 1; an FSC that never falls below gives Nyquist (2 × pixel).
+    """
+    values = np.asarray(fsc, dtype=float)
+    frequencies = shell_frequencies_inv_a(box_px, pixel_size_a)
+    for shell in range(1, len(values)):
+        if values[shell] < threshold:
+            f0, f1 = frequencies[shell - 1], frequencies[shell]
+            v0, v1 = values[shell - 1], values[shell]
+            fraction = (v0 - threshold) / (v0 - v1) if v0 > v1 else 0.0
+            crossing = f0 + fraction * (f1 - f0)
+            return float(1.0 / crossing) if crossing > 0 else float("inf")
+    return 2.0 * float(pixel_size_a)
+
+
+def phase_randomise(volume: np.ndarray, pixel_size_a: float, beyond_resolution_a: float,
+                    rng: np.random.Generator | int = 0) -> np.ndarray:
+    """The map with random phases at frequencies beyond ``beyond_resolution_a``, amplitudes kept.
+
+    The random phases are those of real white noise, so the result is real. Used for the
+    mask correction of the FSC (Chen et al. 2013) and to make two half references independent
+    beyond a resolution.
+    """
+    rng = np.random.default_rng(rng)
+    spectrum = scipy.fft.rfftn(np.asarray(volume, np.float32), workers=-1)
+    noise = scipy.fft.rfftn(rng.standard_normal(volume.shape).astype(np.float32), workers=-1)
+    kz, ky, kx = rfft_frequencies(volume.shape)
+    radius = np.sqrt(kz**2 + ky**2 + kx**2)
+    beyond = radius > float(pixel_size_a) / float(beyond_resolution_a)
+    phases = noise / np.maximum(np.abs(noise), 1e-30)
+    spectrum = np.where(beyond, np.abs(spectrum) * phases, spectrum)
+    return scipy.fft.irfftn(spectrum, s=volume.shape, workers=-1).astype(np.float32)
+
+
+def mask_corrected_fsc(fsc_masked: np.ndarray, fsc_randomised: np.ndarray,
+                       randomised_from_shell: int) -> np.ndarray:
+    """Chen et al. (2013): FSC_true = (FSC_t - FSC_n) / (1 - FSC_n) from the randomised shell on.
+
+    ``fsc_randomised`` is the masked FSC of the half maps whose phases were randomised beyond
+    shell ``randomised_from_shell``; below it the masked FSC stands as it is.
+    """
+    masked = np.asarray(fsc_masked, dtype=float)
+    noise = np.asarray(fsc_randomised, dtype=float)
+    corrected = masked.copy()
+    tail = np.arange(len(masked)) >= randomised_from_shell
+    denominator = np.where(noise < 1.0, 1.0 - noise, 1.0)
+    corrected[tail] = ((masked - noise) / denominator)[tail]
+    return corrected
+
+
+def fsc_weighting(fsc: np.ndarray) -> np.ndarray:
+    """Per-shell weight sqrt(2 FSC / (1 + FSC)) of Rosenthal & Henderson (2003), 0 where FSC ≤ 0."""
+    values = np.clip(np.asarray(fsc, dtype=float), 0.0, 1.0)
+    return np.sqrt(2 * values / (1 + values))
+
+
+def crop_rfft(spectrum: np.ndarray, box_out: int) -> np.ndarray:
+    """Fourier crop of rfftn-layout arrays (..., B, B, B//2+1) to (..., b, b, b//2+1).
+
+    Keeps the frequencies |k| < b / 2 of every axis (and -b / 2), i.e. the spectrum of the box
+    binned by B / b; values are not rescaled.
+    """
+    box_in = spectrum.shape[-3]
+    if box_out == box_in:
+        return spectrum
+    if box_out > box_in:
+        raise ValueError(f"crop_rfft: cannot enlarge a box of {box_in} to {box_out}")
+    low = box_out - box_out // 2  # frequencies 0 … low-1, then -box_out//2 … -1
+    rows = np.r_[0:low, box_in - box_out // 2:box_in]
+    return spectrum[..., rows, :, :][..., :, rows, :][..., : box_out // 2 + 1]
+
+
 def wedge_ctf_weight(box_px: int, pixel_size_a: float, tilt_range_deg: tuple[float, float] | None,
                     lowpass_a: float | None = None, ctf: dict | None = None) -> np.ndarray:
     """Fourier weight of a box: low-pass × missing wedge × CTF (signed), on the rfftn grid.
@@ -96,6 +276,22 @@ def fourier_crop(volume: np.ndarray, size: int | tuple[int, ...]) -> np.ndarray:
                    for n, m in zip(shape, volume.shape, strict=True))
     out = scipy.fft.ifftn(scipy.fft.ifftshift(spectrum[region]), workers=-1).real
     return (out * (np.prod(shape) / np.prod(volume.shape))).astype(np.float32)
+
+
+def fourier_pad(volume: np.ndarray, size: int) -> np.ndarray:
+    """Upsample a cubic volume to ``size`` by zero-padding its spectrum (the inverse of
+    :func:`fourier_crop`: the centre stays at index N // 2, no new frequencies appear)."""
+    box = volume.shape[0]
+    if size == box:
+        return volume.astype(np.float32)
+    if size < box:
+        raise ValueError(f"fourier_pad: cannot shrink {volume.shape} to {size}")
+    spectrum = scipy.fft.fftshift(scipy.fft.fftn(volume, workers=-1))
+    lo = size // 2 - box // 2
+    padded = np.zeros((size,) * 3, dtype=np.complex128)
+    padded[lo:lo + box, lo:lo + box, lo:lo + box] = spectrum
+    out = scipy.fft.ifftn(scipy.fft.ifftshift(padded), workers=-1).real
+    return (out * (size**3 / box**3)).astype(np.float32)
 
 
 def full_grid_from_rfft(half: np.ndarray, box_px: int) -> np.ndarray:

@@ -1,35 +1,122 @@
 """Point-group symmetry: symbols and operators, shared by picking, averaging and post-processing.
 
 Operators are 3×3 active rotations in (x, y, z) of the reference frame; a map with symmetry
-``G`` is invariant under every operator of ``G``.
+``G`` is invariant under every operator of ``G``. The axes follow RELION's conventions
+(``SymList::fill_symmetry_class`` in RELION's ``symmetries.cpp``), so a map symmetrised here and
+one symmetrised by ``relion_image_handler --sym`` agree:
+
+- C<n>: the n-fold axis along Z.
+- D<n>: the n-fold axis along Z, a two-fold along X.
+- T: a three-fold along Z, a two-fold along (0, 0.816496, 0.577350).
+- O: a three-fold along (1, 1, 1)/√3, a four-fold along Z (the cube's faces face the axes).
+- I (= I2): a two-fold along Z, a five-fold along (0.525731, 0, 0.850651), a three-fold along
+  (0, 0.356822, 0.934172); I1, I3 and I4 are RELION's other icosahedral settings.
+
+A particle of a symmetric reference has |G| equivalent orientations ``R @ op`` (``op`` in G);
+:func:`expand_rotations` lists them (symmetry expansion).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from tomoweave.geometry.rotations import rotation_x, rotation_z
+GROUP_ORDERS = {"T": 12, "O": 24, "I": 60, "I1": 60, "I2": 60, "I3": 60, "I4": 60}
+
+# (fold, axis) generators, exactly as RELION lists them
+_GENERATORS: dict[str, list[tuple[int, tuple[float, float, float]]]] = {
+    "T": [(3, (0.0, 0.0, 1.0)), (2, (0.0, 0.816496, 0.577350))],
+    "O": [(3, (0.5773502, 0.5773502, 0.5773502)), (4, (0.0, 0.0, 1.0))],
+    "I1": [(2, (1.0, 0.0, 0.0)), (5, (0.85065080702670, 0.0, -0.5257311142635)),
+           (3, (0.9341723640, 0.3568220765, 0.0))],
+    "I2": [(2, (0.0, 0.0, 1.0)), (5, (0.525731114, 0.0, 0.850650807)),
+           (3, (0.0, 0.356822076, 0.934172364))],
+    "I3": [(2, (-0.5257311143, 0.0, 0.8506508070)), (5, (0.0, 0.0, 1.0)),
+           (3, (-0.4911234778630044, 0.3568220764705179, 0.7946544753759428))],
+    "I4": [(2, (0.5257311143, 0.0, 0.8506508070)),
+           (5, (0.8944271932547096, 0.0, 0.4472135909903704)),
+           (3, (0.4911234778630044, 0.3568220764705179, 0.7946544753759428))],
+}
 
 
 def parse_symmetry(symmetry: str) -> tuple[str, int]:
-    """Split a point-group symbol ("C1", "C7", "D2", "T", "O", "I") into (kind, order)."""
+    """Split a point-group symbol into (kind, order): "C7" -> ("C", 7), "D2" -> ("D", 2),
+    "O" -> ("O", 24), "I" -> ("I2", 60) (RELION's default icosahedral setting)."""
     text = (symmetry or "C1").strip().upper()
-    if text in ("T", "O", "I"):
-        return text, {"T": 12, "O": 24, "I": 60}[text]
+    if text == "I":
+        text = "I2"
+    if text in GROUP_ORDERS:
+        return text, GROUP_ORDERS[text]
     if len(text) >= 2 and text[0] in "CD" and text[1:].isdigit() and int(text[1:]) >= 1:
         return text[0], int(text[1:])
-    raise ValueError(f"symmetry '{symmetry}': expected C<n>, D<n>, T, O or I")
+    raise ValueError(f"symmetry '{symmetry}': expected C<n>, D<n>, T, O or I (I1…I4)")
+
+
+def group_order(symmetry: str) -> int:
+    """Number of operators of a point group: n for C<n>, 2n for D<n>, 12, 24, 60 for T, O, I."""
+    kind, order = parse_symmetry(symmetry)
+    return 2 * order if kind == "D" else order
+
+
+def axis_rotation(axis: np.ndarray | tuple[float, float, float], angle_deg: float) -> np.ndarray:
+    """Active right-handed rotation by ``angle_deg`` about ``axis`` (x, y, z; any length)."""
+    axis = np.asarray(axis, dtype=float)
+    axis = axis / np.linalg.norm(axis)
+    angle = np.radians(angle_deg)
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
 
 
 def symmetry_operators(symmetry: str) -> np.ndarray:
-    """Rotations of a C<n> or D<n> point group about the reference Z (and X for D), (M, 3, 3).
+    """All rotations of a point group in RELION's axis convention, shape (|G|, 3, 3).
 
-    T, O and I return only the identity: the angular search then covers all of SO(3).
+    The identity comes first; the others follow in the order the generators produce them.
     """
     kind, order = parse_symmetry(symmetry)
-    if kind not in ("C", "D"):
-        return np.eye(3)[None]
-    cyclic = [rotation_z(360.0 * k / order) for k in range(order)]
-    if kind == "D":
-        cyclic += [rotation_x(180.0) @ r for r in cyclic]
-    return np.stack(cyclic)
+    if kind == "C":
+        generators = [(order, (0.0, 0.0, 1.0))]
+    elif kind == "D":
+        generators = [(order, (0.0, 0.0, 1.0)), (2, (1.0, 0.0, 0.0))]
+    else:
+        generators = _GENERATORS[kind]
+    matrices = [axis_rotation(axis, 360.0 / fold) for fold, axis in generators if fold > 1]
+    group = _closure(matrices)
+    expected = group_order(symmetry)
+    if len(group) != expected:  # the generators are fixed: this guards the tolerance below
+        raise RuntimeError(f"{symmetry}: generated {len(group)} operators, expected {expected}")
+    return np.stack(group)
+
+
+def _closure(generators: list[np.ndarray]) -> list[np.ndarray]:
+    """The group generated by ``generators``: products until nothing new appears.
+
+    RELION's generator axes carry 6-9 significant digits, so two products count as the same
+    operator when they agree to 1e-4 (distinct operators of these groups differ by ≥ 0.5).
+    """
+    group = [np.eye(3)]
+    frontier = list(group)
+    while frontier:
+        new = []
+        for element in frontier:
+            for generator in generators:
+                product = generator @ element
+                if not any(np.abs(product - g).max() < 1e-4 for g in group + new):
+                    new.append(product)
+        group += new
+        frontier = new
+    return [_orthonormalise(g) for g in group]
+
+
+def _orthonormalise(matrix: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(matrix)
+    return u @ vt
+
+
+def expand_rotations(rotations: np.ndarray, symmetry: str) -> np.ndarray:
+    """Symmetry expansion: every particle rotation ``R`` times every operator, (N, |G|, 3, 3).
+
+    ``R @ op`` turns the symmetric reference into the same particle as ``R`` does; the copies
+    differ in which asymmetric unit of the reference they attribute to which part of the
+    particle (what focused classification of subunits needs).
+    """
+    rotations = np.asarray(rotations, dtype=float).reshape(-1, 3, 3)
+    return np.einsum("nij,gjk->ngik", rotations, symmetry_operators(symmetry))
