@@ -64,3 +64,33 @@ def tilt_axis_to_z_rot_deg(tilt_axis_deg: float) -> float:
     the specimen's Y (tilt) axis then appears in the image rotated by this angle.
     """
     return float(tilt_axis_deg)
+
+
+def particle_in_tilts(matrices: np.ndarray, position_a: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Where one point of the tomogram is seen in every tilt.
+
+    Parameters
+    ----------
+    matrices : (T, 4, 4)
+        Projection matrices (tomogram Å -> image Å), :func:`projection_matrices`.
+    position_a : (3,)
+        The point, Å from the tomogram centre (x, y, z).
+
+    Returns
+    -------
+    image_a : (T, 2)
+        Its position in each tilt image, Å from the image centre (x, y).
+    height_a : (T,)
+        Its height along the beam (third row of the matrix, +z towards the source): the point
+        is at defocus ``defocus at the tilt axis + height_a`` (underfocus positive).
+    rotations : (T, 3, 3)
+        The rotation part of each matrix (magnification divided out): image frequency (qx, qy)
+        is the tomogram frequency ``rotations[t].T @ (qx, qy, 0)`` (central-slice theorem).
+    """
+    matrices = np.asarray(matrices, dtype=float).reshape(-1, 4, 4)
+    point = np.append(np.asarray(position_a, dtype=float), 1.0)
+    mapped = matrices @ point
+    linear = matrices[:, :3, :3]
+    scale = np.cbrt(np.linalg.det(linear))[:, None, None]
+    rotations = linear / scale
+    return mapped[:, :2], mapped[:, 2] / scale[:, 0, 0], rotations

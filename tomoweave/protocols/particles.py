@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from tomoweave.algorithms import extraction
 from tomoweave.algorithms import particle_pruning as pp
 from tomoweave.engine import (
     Input,
@@ -26,8 +25,8 @@ from tomoweave.engine import (
     Task,
     param,
 )
-from tomoweave.formats.mrc import MrcError, mmap_mrc, read_mrc, write_mrc
-from tomoweave.model import Particle, Segmentation, Subtomogram, Tomogram, particles_by_tomogram
+from tomoweave.formats.mrc import MrcError, read_mrc
+from tomoweave.model import Particle, Segmentation, particles_by_tomogram
 
 
 def _dump(particles: list[Particle]) -> list[dict]:
@@ -289,77 +288,3 @@ class FilterParticles(_PerTomogram):
             mask = ndimage.distance_transform_edt(~mask) <= radius
         inside = pp.inside_mask(positions, mask, mask_item.pixel_size_a)
         return inside if params.keep_inside_mask else ~inside
-
-
-# ----------------------------------------------------------------------------- extraction
-class ExtractParams(BaseModel):
-    box_size_px: int = param(32, ge=4, le=1024, unit="px", help="box size of the subtomograms")
-    binning: float = param(1.0, ge=1, le=16, help="extra binning of the boxes relative to the "
-                           "tomogram (output voxel = tomogram voxel × binning)")
-    normalise: bool = param(True, help="background zero mean, unit std")
-    invert: bool = param(False, help="invert the contrast (dark protein -> bright)")
-    tilt_min_deg: float = param(-60.0, ge=-90, le=90, unit="°", help="lowest tilt (wedge)")
-    tilt_max_deg: float = param(60.0, ge=-90, le=90, unit="°", help="highest tilt (wedge)")
-    ctf_weight: bool = param(False, help="multiply the wedge weight by CTF² (needs defocus_a)")
-    defocus_a: float | None = param(None, gt=0, unit="Å", help="defocus for the CTF weight")
-
-
-class ExtractParticles(Protocol):
-    """Subtomograms of the particles at any binning, with missing-wedge (and CTF) weights."""
-
-    name = "particles.extract"
-    label = "Extract subtomograms"
-    description = ("Cuts a box around every particle from its tomogram (positions in Å scale "
-                   "to any binning; sub-voxel accurate by cubic splines), optionally binned, "
-                   "normalised and inverted, and writes the missing-wedge (× CTF²) weight "
-                   "volume used for averaging.")
-    Params = ExtractParams
-    inputs = {"particles": Input(Particle, help="particles to extract"),
-              "tomograms": Input(Tomogram, mapped=False, help="tomograms to cut them from "
-                                 "(any binning)")}
-    outputs = {"subtomograms": Output(Subtomogram, help="one box per particle")}
-
-    def plan(self, params: ExtractParams, inputs: dict[str, Any]) -> list[Task]:
-        tomograms = {t.name: t for t in inputs.get("tomograms") or []}
-        groups = dict(sorted(particles_by_tomogram(inputs.get("particles", [])).items()))
-        unknown = sorted(set(groups) - set(tomograms))
-        if unknown:
-            raise InputError(f"particles refer to tomograms {unknown} that are not in the "
-                             f"'tomograms' input (it holds {sorted(tomograms) or 'none'})")
-        if params.ctf_weight and params.defocus_a is None:
-            raise InputError("ctf_weight needs defocus_a")
-        return [Task(key=name, payload={"particles": _dump(group),
-                                        "tomogram": tomograms[name].model_dump(mode="json")})
-                for name, group in groups.items()]
-
-    def process(self, payload: dict, params: ExtractParams,
-                context: ProcessContext) -> dict[str, Any]:
-        particles = _load(payload["particles"])
-        tomogram = Tomogram(**payload["tomogram"])
-        try:
-            volume = mmap_mrc(context.resolve(tomogram.path))
-        except MrcError as error:
-            raise ItemError(f"{tomogram.name}: {error}") from None
-        pixel_out = tomogram.pixel_size_a * params.binning
-        with volume as mrc:
-            boxes = extraction.extract_particles(
-                mrc.data, tomogram.pixel_size_a, _positions(particles), params.box_size_px,
-                params.binning, params.normalise, params.invert)
-        ctf = {"defocus_a": params.defocus_a} if params.ctf_weight else None
-        weight = extraction.weight_volume(params.box_size_px, pixel_out,
-                                          (params.tilt_min_deg, params.tilt_max_deg), ctf)
-        if ctf is not None and params.invert:  # the model of the inverted box is -CTF · S
-            weight = -weight
-        weight_path = context.relative(write_mrc(
-            context.output_path(f"{tomogram.name}/weight.mrc"), weight, pixel_out))
-        subtomograms = []
-        for particle, box in zip(particles, boxes, strict=True):
-            path = write_mrc(context.output_path(f"{tomogram.name}/{particle.name}.mrc"), box,
-                             pixel_out)
-            subtomograms.append(Subtomogram(
-                name=particle.name, particle=particle, path=context.relative(path),
-                weight_path=weight_path, pixel_size_a=pixel_out,
-                box_size_px=params.box_size_px))
-        context.log(f"{len(subtomograms)} boxes of {params.box_size_px} px at "
-                    f"{pixel_out:g} Å/px")
-        return {"subtomograms": subtomograms}

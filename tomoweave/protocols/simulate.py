@@ -28,9 +28,10 @@ OVERRIDES = ("pixel_size_a", "image_size_px", "thickness_a", "particles_on", "be
 
 
 class SimulateParams(BaseModel):
-    preset: Literal["tiny", "test", "demo"] = param(
+    preset: Literal["tiny", "test", "demo", "sta_test", "sta", "sta_ctf_test", "sta_ctf"] = param(
         "test", choices=list(SIM_PRESETS), help="size of the data set: tiny (engine tests), "
-        "test (algorithm tests), demo")
+        "test (algorithm tests), demo; for subtomogram averaging sta_test / sta (ribosomes, "
+        "10 Å/px) and sta_ctf_test / sta_ctf (strong CTF: 4 Å/px, defocus 3–5 µm)")
     seed: int = param(0, ge=0, help="random seed; the same seed gives the same data")
     n_series: int | None = param(None, ge=1, le=100, help="number of tilt series "
                                  "(default: the preset's)")

@@ -115,6 +115,31 @@ SIM_PRESETS: dict[str, dict[str, Any]] = {
         "particles": {"4v4r": 45, "1bxn": 25, "3j9i": 15, "6pxm": 15}, "n_beads": 14,
         "n_vesicles": 2, "n_series": 2, "membrane_proteins": {"6pxm": 16},
     },
+    # subtomogram averaging (issue 12): ribosomes only, realistic dose (41 tilts × 3 e/Å²),
+    # ±60° dose-symmetric, demo-like shot noise; ``sta_test`` is the small variant for tests
+    # (one series, ~40 particles), ``sta`` the benchmark set (~500 particles)
+    "sta_test": {
+        "pixel_size_a": 10.0, "image_size_px": 192, "thickness_a": 800.0,
+        "particles": {"4v4r": 60}, "n_beads": 4, "n_vesicles": 0, "membranes_on": False,
+        "write_noise_free": False,
+    },
+    "sta": {
+        "pixel_size_a": 10.0, "image_size_px": 320, "thickness_a": 900.0, "n_series": 5,
+        "particles": {"4v4r": 160}, "n_beads": 6, "n_vesicles": 0, "membranes_on": False,
+        "write_noise_free": False,
+    },
+    # strong CTF for pseudo-subtomograms: 4 Å/px before binning, defocus 3–5 µm per series,
+    # proteasomes (3j9i) whose 20 Å detail lies beyond the first CTF zero
+    "sta_ctf_test": {
+        "pixel_size_a": 4.0, "image_size_px": 256, "thickness_a": 500.0,
+        "particles": {"3j9i": 40}, "n_beads": 3, "n_vesicles": 0, "membranes_on": False,
+        "defocus_range_a": (30000.0, 50000.0), "write_noise_free": False,
+    },
+    "sta_ctf": {
+        "pixel_size_a": 4.0, "image_size_px": 384, "thickness_a": 550.0, "n_series": 10,
+        "particles": {"3j9i": 70}, "n_beads": 4, "n_vesicles": 0, "membranes_on": False,
+        "defocus_range_a": (30000.0, 50000.0), "write_noise_free": False,
+    },
 }
 
 
