@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sim_helpers  # noqa: F401  (registers test.attach_truth)
-from sta_oracle import fsc, oracle_map, resolution_at, truth_map
 
 from tomoweave.algorithms.averaging.particle_images import load_particle_images
 from tomoweave.algorithms.fourier import rfft_frequencies, rfft_from_centred_grid
 from tomoweave.api import Project
 from tomoweave.engine.errors import InputError
 from tomoweave.formats.mrc import read_mrc
+from tomoweave.sim.oracle import fsc, oracle_map, resolution_at, truth_map
 
 pytestmark = [pytest.mark.xdist_group("sta_particle_images"), pytest.mark.slow]
 BOX = 40

@@ -66,7 +66,7 @@ def read_relion5_particles(path: str | Path) -> list[Particle]:
     require_columns(table, ("rlnTomoName", *CENTRED), path, block,
                     "RELION 5 particle positions (Å from the tomogram centre)")
     centred = np.stack([numeric_column(table, c, path, block) for c in CENTRED], axis=1)
-    return _particles(path, block, table, centred - _origins(path, block, table))
+    return _particles(path, block, table, centred - star_origins(path, block, table))
 
 
 def read_relion4_particles(
@@ -99,11 +99,11 @@ def read_relion4_particles(
         for p, n in zip(corner, names, strict=True)
     ]).reshape(-1, 3)
     return _particles(path, block, table.assign(rlnTomoName=names),
-                      centred - _origins(path, block, table))
+                      centred - star_origins(path, block, table))
 
 
 def _particles(path: Path, block: str, table: pd.DataFrame, positions: np.ndarray) -> list[Particle]:
-    rotations = _rotations(path, block, table)
+    rotations = star_rotations(path, block, table)
     names = table["rlnTomoName"].astype(str).to_numpy()
     ids = (table["rlnTomoParticleName"].astype(str).to_numpy() if "rlnTomoParticleName"
            in table.columns else [f"{n}/{i + 1}" for i, n in enumerate(names)])
@@ -121,7 +121,7 @@ def _particles(path: Path, block: str, table: pd.DataFrame, positions: np.ndarra
     ]
 
 
-def _rotations(path: Path, block: str, table: pd.DataFrame) -> np.ndarray:
+def star_rotations(path: Path, block: str, table: pd.DataFrame) -> np.ndarray:
     """``A_subtomogram @ A_angles`` per particle (RELION's ParticleSet::getMatrix3x3)."""
     rotations = np.repeat(np.eye(3)[None], len(table), axis=0)
     if any(c in table.columns for c in ANGLES):
@@ -140,7 +140,7 @@ def _subtomogram_frames(path: Path, block: str, table: pd.DataFrame) -> np.ndarr
     return frames.reshape(-1, 3, 3)
 
 
-def _origins(path: Path, block: str, table: pd.DataFrame) -> np.ndarray:
+def star_origins(path: Path, block: str, table: pd.DataFrame) -> np.ndarray:
     """Refined shifts in the tomogram frame: RELION stores them in the subtomogram frame and
     subtracts ``A_subtomogram @ origin`` (ParticleSet::getPosition)."""
     if not any(c in table.columns for c in ORIGIN):
@@ -249,7 +249,7 @@ def read_relion_subtomograms(path: str | Path, particles: Sequence[Particle]) ->
     pixel = _optics_pixel_size(blocks)
     subtomograms = []
     for row, particle in enumerate(particles):
-        volume = _find(base, str(table["rlnImageName"].iloc[row]))
+        volume = find_relative_file(base, str(table["rlnImageName"].iloc[row]))
         if volume is None:
             continue
         try:
@@ -258,7 +258,7 @@ def read_relion_subtomograms(path: str | Path, particles: Sequence[Particle]) ->
             continue
         if len(info["shape"]) != 3:
             continue
-        weight = (_find(base, str(table["rlnCtfImage"].iloc[row]))
+        weight = (find_relative_file(base, str(table["rlnCtfImage"].iloc[row]))
                   if "rlnCtfImage" in table.columns else None)
         subtomograms.append(Subtomogram(
             name=particle.name, particle=particle, path=str(volume),
@@ -267,7 +267,7 @@ def read_relion_subtomograms(path: str | Path, particles: Sequence[Particle]) ->
     return subtomograms
 
 
-def _find(base: Path, written: str) -> Path | None:
+def find_relative_file(base: Path, written: str) -> Path | None:
     written = written.split(":")[0]  # RELION's "file.mrc:mrc" type suffix
     candidate = Path(written)
     options = [candidate] if candidate.is_absolute() else [
