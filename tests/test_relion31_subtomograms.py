@@ -3,8 +3,10 @@ RELION 3.1 (Debian's relion_reconstruct --3d_rot --ctf) reconstructing what we e
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -175,3 +177,19 @@ def test_bad_input_names_the_file_and_the_field(project, star_folder, tmp_path):
         with pytest.raises(InputError, match=message) as raised:
             project.run("import.subtomograms", params={"files": [star]}, executor="inline")
         assert "\n" not in str(raised.value)
+
+
+def test_cli_short_form(star_folder, tmp_path):
+    folder, _, _ = star_folder
+    command = [sys.executable, "-m", "tomoweave.cli"]
+    subprocess.run([*command, "init", str(tmp_path / "p")], check=True, capture_output=True)
+    done = subprocess.run([*command, "import", "subtomograms", str(folder / "particles.star"),
+                           "-p", str(tmp_path / "p"), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["state"] == "finished"
+    assert record["outputs"]["subtomograms"]["count"] == COUNT
+    bad = subprocess.run([*command, "import", "subtomograms", str(tmp_path / "none.star"),
+                          "-p", str(tmp_path / "p")], capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert bad.stderr.strip() == f"error: {tmp_path / 'none.star'}: no such file"
