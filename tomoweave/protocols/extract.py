@@ -194,7 +194,9 @@ class ExtractParticles(Protocol):
         series = TiltSeries(**payload["tilt_series"])
         matrices, optics, _ = series_geometry(series, params.ctf_weight)
         paths = []
-        for particle in particles:
+        for count, particle in enumerate(particles, start=1):
+            context.progress(count / len(particles), f"{tomogram.name}: 3D CTF model {count} "
+                             f"of {len(particles)}")
             model = pseudo.ctf_model_3d(
                 matrices, optics, np.asarray(particle.position_a), params.box_size_px,
                 pixel_out, ctf_on=params.ctf_weight, phase_flipped=tomogram.ctf_corrected,
@@ -272,8 +274,8 @@ class ExtractPseudo(Protocol):
                 name=particle.name, particle=particle, path=paths[0], weight_path=paths[1],
                 multiplicity_path=paths[2], ctf_premultiplied=True, pixel_size_a=pixel_out,
                 box_size_px=params.box_size_px))
-            if count % 100 == 0:
-                context.log(f"{series.name}: {count} of {len(particles)} particles")
+            context.progress(count / len(particles), f"{series.name}: {count} of "
+                             f"{len(particles)} pseudo-subtomograms")
         context.log(f"{series.name}: {len(subtomograms)} pseudo-subtomograms of "
                     f"{params.box_size_px} px from {len(indices)} tilts")
         return {"subtomograms": subtomograms}
