@@ -11,7 +11,7 @@ from tomoweave.formats import dynamo, relion_particles
 from tomoweave.formats.imod import read_tilt_angles, read_xf
 from tomoweave.geometry import rotation_angle_between_deg
 from tomoweave.geometry.rotations import random_rotations
-from tomoweave.model import Particle
+from tomoweave.model import Acquisition, Particle
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ALN = DATA / "aretomo" / "global_no_local.aln"
@@ -93,7 +93,8 @@ def test_dynamo_to_relion5_and_back(tmp_path, size):
 def test_particles_round_trip_other_formats(tmp_path, target):
     pixel, size = 6.0, (301, 300, 91)
     particles = _particles(25, seed=3)
-    relion_particles.write_relion5_particles(tmp_path / "p.star", particles, pixel)
+    relion_particles.write_relion5_particles(tmp_path / "p.star", particles,
+                                             Acquisition(pixel_size_a=pixel))
     options = ConvertOptions(pixel_size_a=pixel, tomo_size_xyz=size)
     written = convert(tmp_path / "p.star", target, tmp_path / target, options)
     source = next(p for p in written if p.suffix in (".star", ".json", ".mod")
@@ -107,7 +108,8 @@ def test_particles_round_trip_other_formats(tmp_path, target):
 
 
 def test_missing_options_are_named(tmp_path):
-    relion_particles.write_relion5_particles(tmp_path / "p.star", _particles(3, 1), 5.0)
+    relion_particles.write_relion5_particles(tmp_path / "p.star", _particles(3, 1),
+                                             Acquisition(pixel_size_a=5.0))
     with pytest.raises(ConversionError, match="--tomo-size"):
         convert(tmp_path / "p.star", "dynamo", tmp_path / "d", ConvertOptions(pixel_size_a=5.0))
 

@@ -137,7 +137,8 @@ def test_every_export_writes_its_files(project, tmp_path, stack_factory):
         out = tmp_path / "export" / target
         run = project.run(f"export.{target}", inputs={"tilt_series": series_run.name,
                                                        "particles": particle_run.name},
-                          params={"out_dir": str(out), "tomo_size_xyz": [32, 32, 16]},
+                          params={"out_dir": str(out), "tomo_size_xyz": [32, 32, 16],
+                                  **({"defocus_a": 25000.0} if target == "relion5" else {})},
                           executor="inline")
         assert run.state == "finished", target
         for name in files:
@@ -152,7 +153,7 @@ def test_relion5_round_trip_in_project_links_the_stack(project, tmp_path, stack_
                                                           "pixel_size_a": 3.0}, executor="inline")
     out = tmp_path / "r5"
     project.run("export.relion5", inputs={"tilt_series": series_run.name},
-                params={"out_dir": str(out)}, executor="inline")
+                params={"out_dir": str(out), "defocus_a": 25000.0}, executor="inline")
     back = project.run("import.relion5", params={"files": [str(out / "tomograms.star")]},
                        executor="inline")
     (original,) = project.items(series_run, "tilt_series")

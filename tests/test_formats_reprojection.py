@@ -33,7 +33,8 @@ def _series(image_size, seed) -> TiltSeries:
                                   z_rot_deg=85.3 + rng.normal(0, 0.5),
                                   shift_x_a=rng.uniform(-40, 40), shift_y_a=rng.uniform(-40, 40))
         tilts.append(TiltImage(tilt_deg=float(tilt), acquisition_order=index,
-                               pre_exposure_e_a2=3.0 * index, alignment=alignment))
+                               pre_exposure_e_a2=3.0 * index, alignment=alignment,
+                               nominal_defocus_a=30000.0))
     return TiltSeries(name="TS_01", acquisition=Acquisition(pixel_size_a=PIXEL_A,
                                                             tilt_axis_deg=85.3),
                       image_size_xy=image_size, tilts=tilts)
@@ -111,7 +112,8 @@ def test_reprojection_across_formats(tmp_path, parity, binning):
 
     # RELION 5: tomograms.star + tilt-series STAR + particles STAR (centred Å)
     tomograms_star = relion5.write_relion5(tmp_path / "relion5", [series], tomo_size)
-    rp.write_relion5_particles(tmp_path / "relion5" / "particles.star", particles, PIXEL_A)
+    rp.write_relion5_particles(tmp_path / "relion5" / "particles.star", particles,
+                               series.acquisition)
     (r5_series,) = relion5.read_relion5(tomograms_star, image_size)
     r5_particles = rp.read_relion5_particles(tmp_path / "relion5" / "particles.star")
     assert np.abs(_image_pixels(r5_series, r5_particles) - expected).max() < TOLERANCE_PX

@@ -8,12 +8,24 @@ not hold (pixel size, tomogram and image sizes, tilt angles).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tomoweave.formats import CONVERSION_TARGETS, aretomo, copick, ctffind, dynamo, eman, imod, relion5, warp
+from tomoweave.formats import (
+    CONVERSION_TARGETS,
+    FormatWarning,
+    aretomo,
+    copick,
+    ctffind,
+    dynamo,
+    eman,
+    imod,
+    relion5,
+    warp,
+)
 from tomoweave.formats import relion_particles as rp
 from tomoweave.formats.imod_extra import read_imod_particles, write_imod_particles
 from tomoweave.formats.mdoc import read_mdoc
@@ -45,6 +57,7 @@ class ConvertOptions:
     image_size_xy: tuple[int, int] | None = None
     tilts_file: str | None = None
     name: str | None = None
+    defocus_a: float | None = None  # nominal defocus for tilts without one (RELION 5 export)
 
 
 @dataclass
@@ -292,11 +305,12 @@ def _load_relion5_tilt_series(path: Path, options: ConvertOptions) -> Loaded:
 
 def _load_optimisation_set(path: Path, options: ConvertOptions) -> Loaded:
     files = relion5.read_optimisation_set(path)
-    loaded = Loaded()
-    if "tomograms" in files:
-        loaded.series = relion5.read_relion5(files["tomograms"], options.image_size_xy)
+    loaded = _load_relion5(files["tomograms"], options) if "tomograms" in files else Loaded()
     if "particles" in files:
-        loaded.particles = rp.read_relion5_particles(files["particles"])
+        with_subtomograms = _with_subtomograms(
+            files["particles"], rp.read_relion5_particles(files["particles"]))
+        loaded.particles, loaded.subtomograms = (with_subtomograms.particles,
+                                                 with_subtomograms.subtomograms)
     return loaded
 
 
@@ -388,22 +402,18 @@ def _tomo_size(options: ConvertOptions) -> tuple[int, int, int]:
 
 
 def _write_relion5(loaded: Loaded, out: Path, options: ConvertOptions) -> list[Path]:
-    written = []
-    if loaded.series:
-        written.append(relion5.write_relion5(out, loaded.series, options.tomo_size_xyz))
-        written += [out / "tilt_series" / f"{s.name}.star" for s in loaded.series]
-    if loaded.particles:
-        acquisition = loaded.series[0].acquisition if loaded.series else None
-        rp.write_relion5_particles(
-            out / "particles.star", loaded.particles, _particle_pixel(loaded, options),
-            **({"voltage_kv": acquisition.voltage_kv, "cs_mm": acquisition.spherical_aberration_mm,
-                "amplitude_contrast": acquisition.amplitude_contrast} if acquisition else {}))
-        written.append(out / "particles.star")
-    if loaded.series and loaded.particles:
-        relion5.write_optimisation_set(out / "optimisation_set.star", "particles.star",
-                                       "tomograms.star")
-        written.append(out / "optimisation_set.star")
-    return written
+    acquisition = None
+    if loaded.particles and not loaded.series:
+        acquisition = Acquisition(pixel_size_a=_particle_pixel(loaded, options))
+        warnings.warn(FormatWarning(
+            f"particles.star: no tilt series in the source, so its optics are tomoweave's "
+            f"defaults ({acquisition.voltage_kv:g} kV, Cs {acquisition.spherical_aberration_mm:g}"
+            f" mm, amplitude contrast {acquisition.amplitude_contrast:g}); RELION refuses them "
+            f"if tomograms.star says otherwise"), stacklevel=2)
+    series = [relion5.with_nominal_defocus(s, options.defocus_a) for s in loaded.series]
+    return relion5.write_relion5_export(
+        out, series, loaded.particles, loaded.tomograms,
+        tomo_size_xyz=options.tomo_size_xyz, acquisition=acquisition)
 
 
 def _write_relion4(loaded: Loaded, out: Path, options: ConvertOptions) -> list[Path]:

@@ -28,6 +28,9 @@ def convert_command(
         None, "--image-size", help="tilt-image size X Y in pixels"),
     tilts: Path | None = typer.Option(None, "--tilts", help="tilt angles file (.tlt/.rawtlt)"),
     name: str | None = typer.Option(None, "--name", help="name of the tilt series/tomogram"),
+    defocus: float | None = typer.Option(
+        None, "--defocus", help="nominal defocus in Å (underfocus) for tilts without a CTF "
+                                "estimate or nominal defocus (RELION 5 needs one per tilt)"),
 ) -> None:
     """Convert alignments, CTFs and particles between RELION, IMOD, AreTomo, Warp, Dynamo, EMAN2,
     copick and CTFFIND files, through tomoweave's geometry (no project needed)."""
@@ -37,6 +40,6 @@ def convert_command(
         raise FileNotFoundError(f"{source}: no such file")
     options = ConvertOptions(pixel_size_a=pixel_size, tomo_size_xyz=tomo_size,
                              image_size_xy=image_size, tilts_file=str(tilts) if tilts else None,
-                             name=name)
+                             name=name, defocus_a=defocus)
     for path in convert(source, to, out, options):
         typer.echo(str(path))

@@ -10,6 +10,8 @@ in ``formats.relion_particles``.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +19,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tomoweave.formats import FormatWarning
+from tomoweave.formats.relion_particles import write_relion5_particles
 from tomoweave.formats.star_io import (
     StarFormatError,
     numeric_column,
     read_star_blocks,
+    relion_image_name,
     require_columns,
+    split_relion_image_name,
     star_table,
     write_star_blocks,
 )
-from tomoweave.model import Acquisition, CtfTilt, TiltAlignment, TiltImage, TiltSeries, Tomogram
+from tomoweave.model import (
+    Acquisition,
+    CtfTilt,
+    Particle,
+    TiltAlignment,
+    TiltImage,
+    TiltSeries,
+    Tomogram,
+)
 
 ALIGNMENT_COLUMNS = ("rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst",
                      "rlnTomoYShiftAngst")
@@ -179,9 +193,9 @@ def _tilt_from_row(table, number, row: int, tilt_column: str, rank: int, pre: fl
     nominal = get("rlnTomoNominalDefocus")
     frames = get("rlnTomoTiltMovieFrameCount")
     image, index = text("rlnMicrographName"), 0
-    if image and "@" in image and image.split("@", 1)[0].isdigit():
-        slice_number, image = image.split("@", 1)
-        index = int(slice_number) - 1
+    if image:
+        stack_index, image = split_relion_image_name(image)
+        index = stack_index or 0
     return TiltImage(
         tilt_deg=get(tilt_column), acquisition_order=rank, pre_exposure_e_a2=max(0.0, pre),
         image_path=image, image_index=index, movie_path=text("rlnMicrographMovieName"),
@@ -203,13 +217,17 @@ def write_relion5(
     ``rlnTomoSize`` is the unbinned tomogram size: from ``tomograms`` (matched by tilt series),
     else ``tomo_size_xyz``, else the image size with Z = X / 4 (it only sets RELION's default
     reconstruction box; positions and projections are relative to the centre).
+
+    Every file name is written relative to ``out_dir`` (absolute paths of images and
+    tomograms are turned into relative ones), so RELION run from ``out_dir`` finds them all, as
+    it reads paths relative to the folder it runs in (its project).
     """
     out = Path(out_dir)
     by_series = {t.tilt_series or t.name: t for t in tomograms}
     rows = []
     for item in series:
         star = out / "tilt_series" / f"{item.name}.star"
-        write_star_blocks(star, {item.name: tilt_series_table(item)})
+        write_star_blocks(star, {item.name: tilt_series_table(item, out)})
         tomogram = by_series.get(item.name)
         size = _unbinned_size(item, tomogram, tomo_size_xyz)
         acq = item.acquisition
@@ -222,11 +240,57 @@ def write_relion5(
                "rlnTomoTomogramBinning": tomogram.binning if tomogram else 1.0,
                "rlnTomoSizeX": size[0], "rlnTomoSizeY": size[1], "rlnTomoSizeZ": size[2]}
         if tomogram is not None:
-            row["rlnTomoReconstructedTomogram"] = tomogram.path
+            row["rlnTomoReconstructedTomogram"] = relative_to(tomogram.path, out)
         rows.append(row)
     path = out / "tomograms.star"
     write_star_blocks(path, {"global": pd.DataFrame(rows)})
     return path
+
+
+def relative_to(path: str, folder: str | Path) -> str:
+    """An absolute ``path`` as seen from ``folder`` (relative, ``..`` where needed); a relative
+    one unchanged (it already is relative to whatever the caller chose)."""
+    if not Path(path).is_absolute():
+        return path
+    return os.path.relpath(path, Path(folder).resolve())
+
+
+def write_relion5_export(
+    out_dir: str | Path,
+    series: Sequence[TiltSeries] = (),
+    particles: Sequence[Particle] = (),
+    tomograms: Sequence[Tomogram] = (),
+    *,
+    tomo_size_xyz: tuple[int, int, int] | None = None,
+    acquisition: Acquisition | None = None,
+) -> list[Path]:
+    """A RELION 5 project folder: tomograms.star, tilt_series/*.star, particles.star and, with
+    both, optimisation_set.star; returns the files written.
+
+    Particles' optics come from the tilt series (else the tomograms) of their tomogram, else
+    ``acquisition``; item paths must be absolute (they are written relative to ``out_dir``, so
+    RELION is run from there). The one function behind ``export.relion5`` and
+    ``tomoweave convert --to relion5``: protocols that write particles for RELION (refined
+    poses, classes) call it too.
+    """
+    out = Path(out_dir)
+    written: list[Path] = []
+    if series:
+        written.append(write_relion5(out, series, tomo_size_xyz, tomograms))
+        written += [out / "tilt_series" / f"{s.name}.star" for s in series]
+    if particles:
+        acquisitions = {name: t.acquisition for t in tomograms if t.acquisition is not None
+                        for name in (t.name, t.tilt_series or t.name)}
+        acquisitions.update({s.name: s.acquisition for s in series})
+        if acquisition is not None:
+            missing = {p.tomogram for p in particles} - set(acquisitions)
+            acquisitions.update({name: acquisition for name in missing})
+        write_relion5_particles(out / "particles.star", particles, acquisitions)
+        written.append(out / "particles.star")
+    if series and particles:
+        write_optimisation_set(out / "optimisation_set.star", "particles.star", "tomograms.star")
+        written.append(out / "optimisation_set.star")
+    return written
 
 
 def _unbinned_size(item: TiltSeries, tomogram: Tomogram | None, size_xyz) -> tuple[int, ...]:
@@ -241,38 +305,85 @@ def _unbinned_size(item: TiltSeries, tomogram: Tomogram | None, size_xyz) -> tup
     return (x, y, max(1, x // 4))
 
 
-def tilt_series_table(item: TiltSeries) -> pd.DataFrame:
-    """The per-tilt STAR table of one tilt series (included tilts only)."""
+def tilt_series_table(item: TiltSeries, out_dir: str | Path | None = None) -> pd.DataFrame:
+    """The per-tilt STAR table of one tilt series (included tilts only); absolute image paths
+    are written relative to ``out_dir`` when given.
+
+    RELION 5 cannot load a tilt series without _rlnDefocusU/V/Angle (TomogramSet::loadTomogram):
+    tilts without a CTF estimate get their nominal defocus (astigmatism 0), with a
+    ``FormatWarning`` saying so; a tilt with neither is refused.
+    """
     tilts = item.included_tilts()
+
+    def name(path: str | None) -> str | None:
+        return relative_to(path, out_dir) if path and out_dir is not None else path
+
     table: dict[str, list] = {
         "rlnTomoNominalStageTiltAngle": [t.tilt_deg for t in tilts],
         "rlnTomoNominalTiltAxisAngle": [item.acquisition.tilt_axis_deg] * len(tilts),
         "rlnMicrographPreExposure": [t.pre_exposure_e_a2 for t in tilts],
     }
-    _optional(table, "rlnMicrographMovieName", [t.movie_path for t in tilts], "")
+    _optional(table, "rlnMicrographMovieName", [name(t.movie_path) for t in tilts], "")
     _optional(table, "rlnTomoTiltMovieFrameCount", [t.frame_count for t in tilts], 1)
     stacked = len({t.image_path for t in tilts}) < len(tilts)  # one stack: RELION's "n@stack"
     _optional(table, "rlnMicrographName",
-              [f"{t.image_index + 1}@{t.image_path}" if stacked and t.image_path else t.image_path
-               for t in tilts], "")
+              [relion_image_name(name(t.image_path), t.image_index if stacked else None)
+               if t.image_path else None for t in tilts], "")
     _optional(table, "rlnTomoNominalDefocus",
               [None if t.nominal_defocus_a is None else -t.nominal_defocus_a / 1e4
                for t in tilts], 0.0)
-    if all(t.ctf is not None for t in tilts):
-        ctfs = [t.ctf for t in tilts]
-        table["rlnDefocusU"] = [c.defocus_u_a for c in ctfs]
-        table["rlnDefocusV"] = [c.defocus_v_a for c in ctfs]
-        table["rlnDefocusAngle"] = [c.astigmatism_angle_deg for c in ctfs]
-        table["rlnPhaseShift"] = [c.phase_shift_deg for c in ctfs]
-        _optional(table, "rlnCtfFigureOfMerit", [c.score for c in ctfs], 0.0)
-        _optional(table, "rlnCtfMaxResolution", [c.fit_resolution_a for c in ctfs], 0.0)
-        _optional(table, "rlnCtfImage", [c.diagnostic_path for c in ctfs], "")
+    ctfs = _ctfs_or_nominal(item, tilts)
+    table["rlnDefocusU"] = [c.defocus_u_a for c in ctfs]
+    table["rlnDefocusV"] = [c.defocus_v_a for c in ctfs]
+    table["rlnDefocusAngle"] = [c.astigmatism_angle_deg for c in ctfs]
+    table["rlnPhaseShift"] = [c.phase_shift_deg for c in ctfs]
+    _optional(table, "rlnCtfFigureOfMerit", [c.score for c in ctfs], 0.0)
+    _optional(table, "rlnCtfMaxResolution", [c.fit_resolution_a for c in ctfs], 0.0)
+    _optional(table, "rlnCtfImage", [name(c.diagnostic_path) for c in ctfs], "")
     if all(t.alignment is not None for t in tilts):
         alignments = [t.alignment for t in tilts]
         for column, field in zip(ALIGNMENT_COLUMNS, ("x_tilt_deg", "y_tilt_deg", "z_rot_deg",
                                                      "shift_x_a", "shift_y_a"), strict=True):
             table[column] = [getattr(a, field) for a in alignments]
     return pd.DataFrame(table)
+
+
+def with_nominal_defocus(series: TiltSeries, defocus_a: float | None) -> TiltSeries:
+    """``series`` with ``defocus_a`` as the nominal defocus of tilts that have none (a copy;
+    ``series`` itself when ``defocus_a`` is None)."""
+    if defocus_a is None or all(t.nominal_defocus_a for t in series.tilts):
+        return series
+    copy = series.model_copy(deep=True)
+    for tilt in copy.tilts:
+        tilt.nominal_defocus_a = tilt.nominal_defocus_a or float(defocus_a)
+    return copy
+
+
+def defocus_missing(item: TiltSeries) -> str | None:
+    """Why RELION 5 could not load ``item`` for want of a defocus (None when every included tilt
+    has a CTF estimate or a nominal defocus): RELION needs _rlnDefocusU/V/Angle per tilt."""
+    unknown = next((t for t in item.included_tilts()
+                    if t.ctf is None and not t.nominal_defocus_a), None)
+    if unknown is None:
+        return None
+    return (f"{item.name}: RELION 5 needs a defocus for every tilt (_rlnDefocusU); tilt "
+            f"{unknown.tilt_deg:g}° has no CTF estimate and no nominal defocus: estimate or "
+            f"import the CTF first, or give the nominal defocus (--defocus Å)")
+
+
+def _ctfs_or_nominal(item: TiltSeries, tilts: Sequence[TiltImage]) -> list[CtfTilt]:
+    missing = [t for t in tilts if t.ctf is None]
+    if not missing:
+        return [t.ctf for t in tilts]
+    if (reason := defocus_missing(item)) is not None:
+        raise ValueError(reason)
+    values = sorted({round(t.nominal_defocus_a) for t in missing})
+    warnings.warn(FormatWarning(
+        f"{item.name}: {len(missing)} of {len(tilts)} tilts have no CTF estimate; their "
+        f"_rlnDefocusU/V are the nominal defocus ({', '.join(map(str, values[:3]))} Å, no "
+        f"astigmatism)"), stacklevel=3)
+    return [t.ctf or CtfTilt(defocus_u_a=t.nominal_defocus_a, defocus_v_a=t.nominal_defocus_a,
+                             astigmatism_angle_deg=0.0) for t in tilts]
 
 
 def _optional(table: dict, column: str, values: list, fill) -> None:
@@ -287,7 +398,8 @@ def write_optimisation_set(path: str | Path, particles_star: str, tomograms_star
 
 
 def read_optimisation_set(path: str | Path) -> dict[str, Path]:
-    """The files an optimisation set names (particles, tomograms), resolved beside it."""
+    """The files an optimisation set names (particles, tomograms), found as ``locate_file``
+    does: RELION writes them relative to its project (``subtomo/particles.star``)."""
     path = Path(path)
     blocks = read_star_blocks(path)
     values = next(iter(blocks.values()))
@@ -295,8 +407,11 @@ def read_optimisation_set(path: str | Path) -> dict[str, Path]:
     files = {}
     for key, name in (("rlnTomoParticlesFile", "particles"), ("rlnTomoTomogramsFile", "tomograms")):
         if key in row:
-            candidate = Path(str(row[key]))
-            files[name] = candidate if candidate.is_absolute() else path.parent / candidate
+            found = locate_file(path, str(row[key]))
+            if found is None:
+                raise StarFormatError(f"{path.name}: _{key} {row[key]} not found (looked "
+                                      f"beside it and in the folders above)")
+            files[name] = found
     if not files:
         raise StarFormatError(f"{path.name}: neither _rlnTomoParticlesFile nor "
                               f"_rlnTomoTomogramsFile; not an optimisation set")

@@ -28,6 +28,7 @@ from tomoweave.formats.star_io import (
     numeric_column,
     read_star_blocks,
     require_columns,
+    split_relion_image_name,
     write_star_blocks,
 )
 from tomoweave.geometry import (
@@ -36,7 +37,7 @@ from tomoweave.geometry import (
     pixels_to_centered_a,
     relion_zyz_to_matrix,
 )
-from tomoweave.model import Particle
+from tomoweave.model import Acquisition, Particle
 
 ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 SUBTOMO_ANGLES = ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
@@ -180,23 +181,58 @@ def _optics(pixel_size_a: float, voltage_kv: float, cs_mm: float, amplitude: flo
                           "rlnTomoTiltSeriesPixelSize": pixel_size_a}])
 
 
+def relion5_optics(
+    tomograms: Sequence[str], acquisitions: Acquisition | Mapping[str, Acquisition],
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """RELION 5's optics table for particles of ``tomograms`` and each tomogram's group number.
+
+    One group per tomogram, named after it, with its tilt series' voltage, Cs, amplitude contrast
+    and pixel size: what RELION builds itself when a particle file has no optics
+    (``ParticleSet::read``), and what it checks against tomograms.star
+    (``Tomogram::validateParticleOptics`` refuses any difference).
+    """
+    names = list(dict.fromkeys(tomograms))
+    rows, group_of = [], {}
+    for group, name in enumerate(names, start=1):
+        if isinstance(acquisitions, Acquisition):
+            acquisition = acquisitions
+        elif name in acquisitions:
+            acquisition = acquisitions[name]
+        else:
+            raise ValueError(f"particles of tomogram {name!r}: no tilt series or tomogram of "
+                             f"that name gives their voltage, Cs and pixel size")
+        rows.append({"rlnOpticsGroup": group, "rlnOpticsGroupName": name,
+                     "rlnVoltage": acquisition.voltage_kv,
+                     "rlnSphericalAberration": acquisition.spherical_aberration_mm,
+                     "rlnAmplitudeContrast": acquisition.amplitude_contrast,
+                     "rlnTomoTiltSeriesPixelSize": acquisition.pixel_size_a})
+        group_of[name] = group
+    return pd.DataFrame(rows), group_of
+
+
 def write_relion5_particles(
-    path: str | Path, particles: Sequence[Particle], pixel_size_a: float,
-    voltage_kv: float = 300.0, cs_mm: float = 2.7, amplitude_contrast: float = 0.1,
+    path: str | Path, particles: Sequence[Particle],
+    acquisitions: Acquisition | Mapping[str, Acquisition],
 ) -> None:
-    """Write a RELION 5 particles STAR (optics + particles, centred Å, origin 0)."""
+    """Write a RELION 5 particles STAR (general, optics, particles; centred Å, origin 0).
+
+    ``acquisitions``: the acquisition of every particle's tilt series (one for all, or one per
+    tomogram name); its pixel size is the tilt series' (RELION's rlnTomoTiltSeriesPixelSize),
+    not the tomogram's. See ``relion5_optics``.
+    """
+    optics, group_of = relion5_optics([p.tomogram for p in particles], acquisitions)
     positions = np.array([p.position_a for p in particles], dtype=float).reshape(-1, 3)
     table = {"rlnTomoName": [p.tomogram for p in particles],
              "rlnTomoParticleName": [p.name for p in particles]}
     table.update({c: positions[:, i].tolist() for i, c in enumerate(CENTRED)})
     table.update(_angle_columns(particles))
     table.update({c: [0.0] * len(particles) for c in ORIGIN})
-    table["rlnOpticsGroup"] = [1] * len(particles)
+    table["rlnOpticsGroup"] = [group_of[p.tomogram] for p in particles]
     if any(p.class_id is not None for p in particles):
         table["rlnClassNumber"] = [p.class_id or 1 for p in particles]
     write_star_blocks(path, {
         "general": {"rlnTomoSubTomosAre2DStacks": 1},
-        "optics": _optics(pixel_size_a, voltage_kv, cs_mm, amplitude_contrast),
+        "optics": optics,
         "particles": pd.DataFrame(table)})
 
 
@@ -268,7 +304,7 @@ def read_relion_subtomograms(path: str | Path, particles: Sequence[Particle]) ->
 
 
 def find_relative_file(base: Path, written: str) -> Path | None:
-    written = written.split(":")[0]  # RELION's "file.mrc:mrc" type suffix
+    written = split_relion_image_name(written)[1]
     candidate = Path(written)
     options = [candidate] if candidate.is_absolute() else [
         *(folder / candidate for folder in [base, *base.parents][:5])]

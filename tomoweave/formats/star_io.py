@@ -81,3 +81,30 @@ def write_star_blocks(path: str | Path, blocks: dict[str, pd.DataFrame | dict]) 
     temporary = path.with_name(f".{path.stem}.tmp.star")
     starfile.write(blocks, temporary, float_format="%.10g")
     temporary.replace(path)
+
+
+# RELION's type suffixes: ``name:mrcs`` reads an MRC file as a stack of 2D images whatever its
+# extension (RELION refuses ``n@name.mrc``: it reserves .mrc for 3D maps).
+RELION_FILE_TYPES = (":mrcs", ":mrc", ":spi", ":tif", ":tiff", ":eer")
+
+
+def relion_image_name(path: str, index: int | None = None) -> str:
+    """RELION's name of image ``index`` (0-based) of a stack: ``n@path`` with n 1-based, and
+    ``:mrcs`` after a stack not named .mrcs; ``path`` alone when ``index`` is None."""
+    if index is None:
+        return path
+    typed = path if path.lower().endswith(".mrcs") else f"{path}:mrcs"
+    return f"{index + 1}@{typed}"
+
+
+def split_relion_image_name(name: str) -> tuple[int | None, str]:
+    """(0-based index or None, file path) of RELION's ``[n@]path[:type]``."""
+    index = None
+    if "@" in name and name.split("@", 1)[0].isdigit():
+        number, name = name.split("@", 1)
+        index = int(number) - 1
+    for suffix in RELION_FILE_TYPES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return index, name

@@ -7,6 +7,7 @@ coordinates counted from a tomogram corner use the size and pixel size of the ma
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,11 +15,10 @@ from pydantic import BaseModel
 
 from tomoweave.convert import WRITERS, ConvertOptions, Loaded
 from tomoweave.engine import Input, InputError, ItemError, ProcessContext, Protocol, Task, param
-from tomoweave.formats import copick, dynamo, eman, relion5, warp
-from tomoweave.formats import relion_particles as rp
+from tomoweave.formats import FormatWarning, copick, dynamo, eman, relion5, warp
 from tomoweave.formats.imod_extra import write_imod_particles
 from tomoweave.formats.mrc import read_mrc
-from tomoweave.model import Particle, TiltSeries, Tomogram, particles_by_tomogram
+from tomoweave.model import Acquisition, Particle, TiltSeries, Tomogram, particles_by_tomogram
 
 
 class InteropExportParams(BaseModel):
@@ -28,6 +28,12 @@ class InteropExportParams(BaseModel):
                                        "series')")
     tomo_size_xyz: list[int] | None = param(None, cli="--tomo-size", help="tomogram size X Y Z "
                                             "in those pixels (default: from the tomograms input)")
+
+
+class ExportRelion5Params(InteropExportParams):
+    defocus_a: float | None = param(None, gt=0, unit="Å", help="nominal defocus (underfocus) "
+                                    "for tilts with neither a CTF estimate nor a nominal defocus "
+                                    "(RELION 5 needs a defocus for every tilt)")
 
 
 class InteropExport(Protocol):
@@ -57,10 +63,15 @@ class InteropExport(Protocol):
         series = [_absolute_paths(s, context) for s in context.inputs.get("tilt_series") or []]
         particles = list(context.inputs.get("particles") or [])
         tomograms = list(context.inputs.get("tomograms") or [])
-        try:
-            written = self.write(out, series, particles, tomograms, params, context)
-        except ValueError as error:
-            raise ItemError(str(error)) from None
+        tomograms = [_absolute_tomogram(t, context) for t in tomograms]
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", FormatWarning)
+            try:
+                written = self.write(out, series, particles, tomograms, params, context)
+            except ValueError as error:
+                raise ItemError(str(error)) from None
+        for note in notes:
+            context.log(f"warning: {note.message}")
         for path in written:
             context.log(f"wrote {path}")
         return {}
@@ -85,12 +96,20 @@ def _absolute_paths(series: TiltSeries, context: ProcessContext) -> TiltSeries:
     """Image paths made absolute so that files written outside the project still find them."""
     copy = series.model_copy(deep=True)
     for tilt in copy.tilts:
-        for name in ("image_path", "movie_path"):
+        for name in ("image_path", "movie_path", "even_path", "odd_path"):
             value = getattr(tilt, name)
             if value:
                 setattr(tilt, name, str(context.resolve(value)))
+        if tilt.ctf is not None and tilt.ctf.diagnostic_path:
+            tilt.ctf = tilt.ctf.model_copy(update={
+                "diagnostic_path": str(context.resolve(tilt.ctf.diagnostic_path))})
     return copy
 
+
+def _absolute_tomogram(tomogram: Tomogram, context: ProcessContext) -> Tomogram:
+    paths = {name: str(context.resolve(value)) for name in ("path", "even_path", "odd_path")
+             if (value := getattr(tomogram, name))}
+    return tomogram.model_copy(update=paths)
 
 
 def _frame(name: str, tomograms: list[Tomogram], series: list[TiltSeries],
@@ -115,21 +134,22 @@ class ExportRelion5(InteropExport):
     label = "Export to RELION 5"
     target = "relion5"
 
+    Params = ExportRelion5Params
+
+    def plan(self, params: ExportRelion5Params, inputs: dict[str, Any]) -> list[Task]:
+        for series in inputs.get("tilt_series") or []:
+            reason = relion5.defocus_missing(relion5.with_nominal_defocus(series, params.defocus_a))
+            if reason:
+                raise InputError(reason)
+        return super().plan(params, inputs)
+
     def write(self, out, series, particles, tomograms, params, context) -> list[Path]:
-        written = []
-        if series:
-            size = tuple(params.tomo_size_xyz) if params.tomo_size_xyz else None
-            written.append(relion5.write_relion5(out, series, size, tomograms))
-        if particles:
-            pixel = params.pixel_size_a or (series[0].pixel_size_a if series else None) or (
-                tomograms[0].pixel_size_a if tomograms else 1.0)
-            rp.write_relion5_particles(out / "particles.star", particles, pixel)
-            written.append(out / "particles.star")
-        if series and particles:
-            relion5.write_optimisation_set(out / "optimisation_set.star", "particles.star",
-                                           "tomograms.star")
-            written.append(out / "optimisation_set.star")
-        return written
+        series = [relion5.with_nominal_defocus(s, params.defocus_a) for s in series]
+        size = tuple(params.tomo_size_xyz) if params.tomo_size_xyz else None
+        acquisition = (Acquisition(pixel_size_a=params.pixel_size_a) if params.pixel_size_a
+                       else None)
+        return relion5.write_relion5_export(out, series, particles, tomograms,
+                                            tomo_size_xyz=size, acquisition=acquisition)
 
 
 class ExportImod(InteropExport):
