@@ -216,32 +216,38 @@ def _alignments_or_nominal(series: TiltSeries) -> list:
             for t in series.tilts]
 
 
+def _beside(path: Path, suffix: str) -> Path | None:
+    """The file of ``suffix`` beside ``path``, else beside the file a symbolic link points to."""
+    return next((c for c in (path.with_suffix(suffix), path.resolve().with_suffix(suffix))
+                 if c.is_file()), None)
+
+
 def _tilts_beside(path: Path, options: ConvertOptions) -> Path:
     if options.tilts_file:
         return Path(options.tilts_file)
-    for suffix in (".tlt", ".rawtlt"):
-        if path.with_suffix(suffix).is_file():
-            return path.with_suffix(suffix)
-    raise ConversionError(f"{path.name}: no tilt angles: give --tilts FILE or put "
-                          f"{path.with_suffix('.tlt').name} beside it")
+    found = _beside(path, ".tlt") or _beside(path, ".rawtlt")
+    if found is None:
+        raise ConversionError(f"{path.name}: no tilt angles: give --tilts FILE or put "
+                              f"{path.with_suffix('.tlt').name} beside it")
+    return found
 
 
 def _load_imod(path: Path, options: ConvertOptions) -> Loaded:
-    xf_path = path.with_suffix(".xf")
+    xf_path = path if path.suffix == ".xf" else _beside(path, ".xf")
     angles = imod.read_tilt_angles(_tilts_beside(path, options) if path.suffix == ".xf" else path)
     series = _bare_series(options.name or path.stem, angles, options)
-    if xf_path.is_file():
+    if xf_path is not None:
         transforms = imod.read_xf(xf_path)
         if len(transforms) != len(angles):
             raise ConversionError(f"{xf_path.name}: {len(transforms)} transforms but "
                                   f"{len(angles)} tilt angles")
-        xtilt = path.with_suffix(".xtilt")
-        x_tilts = imod.read_tilt_angles(xtilt) if xtilt.is_file() else None
+        xtilt = _beside(path, ".xtilt")
+        x_tilts = imod.read_tilt_angles(xtilt) if xtilt else None
         for tilt, alignment in zip(series.tilts, imod.xf_to_alignments(
                 transforms, angles, series.pixel_size_a, x_tilts), strict=True):
             tilt.alignment = alignment
-    defocus = path.with_suffix(".defocus")
-    if defocus.is_file():
+    defocus = _beside(path, ".defocus")
+    if defocus is not None:
         entries = ctffind.read_imod_defocus(defocus)
         _attach_ctfs(series, ctffind.defocus_entries_per_view(entries, len(angles)), defocus)
     return Loaded(series=[series])

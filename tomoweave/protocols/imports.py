@@ -126,7 +126,9 @@ def _locate_sources(path: Path, mdoc: MdocTiltSeries, params: MdocParams) -> dic
         raise InputError(f"{path}: PixelSpacing missing; give --pixel-size in Å")
     if params.frames_dir:
         return {"movies": _find_movies(path, mdoc, params)}
-    candidates = [path.parent / Path(mdoc.image_file or "").name, path.with_suffix("")]
+    candidates = [folder / Path(mdoc.image_file or "").name for folder in
+                  dict.fromkeys((path.parent, path.resolve().parent))]
+    candidates += [path.with_suffix(""), path.resolve().with_suffix("")]
     stack = next((c for c in candidates if c.name and c.is_file() and c.suffix != ".mdoc"), None)
     if stack is None:
         raise InputError(f"{path}: image stack {mdoc.image_file or path.with_suffix('').name} not "
@@ -192,11 +194,14 @@ def settled_files(patterns: list[str], settle_s: float) -> list[Path]:
 
 
 def expand_files(patterns: list[str]) -> list[Path]:
-    """Paths from file names and wildcards; a pattern that matches nothing is an error."""
+    """Absolute paths from file names and wildcards; a pattern that matches nothing is an error.
+
+    Symbolic links are kept, not resolved: a link's own name is the name users gave the data
+    (TS_01.xf -> /scratch/run3/align.xf is TS_01's alignment)."""
     paths: list[Path] = []
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern)))
         if not matches:
             raise InputError(f"{pattern}: no such file")
-        paths.extend(Path(m).resolve() for m in matches)
+        paths.extend(Path(os.path.abspath(m)) for m in matches)
     return paths

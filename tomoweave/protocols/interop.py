@@ -43,6 +43,9 @@ class InteropImportParams(BaseModel):
     image_size_xy: list[int] | None = param(None, cli="--image-size",
                                             help="tilt-image size X Y in pixels")
     tilts: str | None = param(None, help="tilt angles file (.tlt/.rawtlt) for files without them")
+    series: list[str] = param([], help="input tilt series to put the files' alignment/CTF on "
+                              "when the names differ: NAME (one file), or FILE=NAME per file "
+                              "(FILE: the file's name without its suffix)")
 
 
 def _options(params: InteropImportParams, pixel_size_a: float | None = None) -> ConvertOptions:
@@ -57,6 +60,7 @@ class InteropImport(Protocol):
     """Base of the import.FORMAT protocols; subclasses name the file suffixes they accept."""
 
     suffixes: ClassVar[tuple[str, ...]] = ()
+    pixel_suffixes: ClassVar[tuple[str, ...]] = ()  # files whose shifts are in pixels
     Params = InteropImportParams
     inputs = {"tilt_series": Input(TiltSeries, mapped=False, optional=True,
                                    help="tilt series to put the imported alignment/CTF on")}
@@ -66,14 +70,24 @@ class InteropImport(Protocol):
 
     def plan(self, params: InteropImportParams, inputs: dict[str, Any]) -> list[Task]:
         targets = {s.name: s for s in inputs.get("tilt_series", []) or []}
+        paths = expand_files(params.files)
+        chosen = _explicit_targets(params.series, paths, targets)
         tasks: list[Task] = []
-        for path in expand_files(params.files):
+        for path in paths:
             if self.suffixes and not path.name.lower().endswith(self.suffixes):
                 raise InputError(f"{path}: {self.name} reads {' '.join(self.suffixes)} files")
-            names = (series_name(path), path.stem, path.stem.removesuffix("_CTF"))
-            target = next((targets[n] for n in names if n in targets), None)
+            target = _file_target(path, targets, chosen, single=len(paths) == 1)
             loaded = self._load(path, params, target.pixel_size_a if target else None)
-            tasks += [Task(key=s.name, payload=_resolve_paths(s, path)) for s in loaded.series]
+            if target is None and not targets and not params.pixel_size_a and (
+                    path.suffix.lower() in self.pixel_suffixes):
+                raise InputError(f"{path.name}: its shifts are in pixels: give the pixel size "
+                                 f"(--pixel-size Å) or the tilt series it aligns "
+                                 f"(--input tilt_series=RUN)")
+            for series in loaded.series:
+                onto = _series_target(series, path, target, targets, len(loaded.series))
+                tasks.append(Task(key=onto or series.name, payload={
+                    "tilt_series": _resolve_paths(series, path).model_dump(mode="json"),
+                    "onto": onto}))
             tasks += [Task(key=f"tomogram:{t.name}", payload=t) for t in loaded.tomograms]
             tasks += [Task(key=f"volume:{v.name}", payload=v) for v in loaded.volumes]
             subtomograms = {s.name: s for s in loaded.subtomograms}
@@ -106,14 +120,69 @@ class InteropImport(Protocol):
             return {**empty, output: payload.model_copy(update={
                 "path": _as_project_mrc(payload.path, payload.name, payload.pixel_size_a,
                                         context)})}
-        series: TiltSeries = payload
+        series = TiltSeries.model_validate(payload["tilt_series"])
         targets = {s.name: s for s in context.inputs.get("tilt_series", []) or []}
-        if series.name in targets:
-            series = merge_onto(targets[series.name], series)
-            context.log(f"{series.name}: alignment/CTF put on the project's tilt series")
+        if payload["onto"] is not None:
+            imported = series.name
+            series = merge_onto(targets[payload["onto"]], series)
+            context.log(f"{imported}: alignment/CTF put on the project's tilt series "
+                        f"{series.name}")
         else:
             series = _link_files(series, context)
         return {**empty, "tilt_series": series}
+
+
+def _explicit_targets(pairs: list[str], paths: list[Path],
+                      targets: dict[str, TiltSeries]) -> dict[str, str]:
+    """``--series`` as file key -> target name ("" stands for the only file)."""
+    chosen: dict[str, str] = {}
+    for pair in pairs:
+        key, _, name = pair.rpartition("=")
+        if not key and len(paths) != 1:
+            raise InputError(f"--series {pair}: with {len(paths)} files say which file goes "
+                             f"onto it: FILE=NAME")
+        if name not in targets:
+            raise InputError(f"--series {pair}: no tilt series {name!r} in the input "
+                             f"(it has {', '.join(targets) or 'none: give --input tilt_series=RUN'})")
+        chosen[key] = name
+    return chosen
+
+
+def _file_keys(path: Path) -> tuple[str, ...]:
+    """Names a file is known by: TS_01.xf, TS_01_CTF.txt and TS_01.mrc.mdoc all give TS_01 (the
+    file's own name, a symbolic link's included, not its target's)."""
+    return (series_name(path), path.stem, path.stem.removesuffix("_CTF"), path.name)
+
+
+def _file_target(path: Path, targets: dict[str, TiltSeries], chosen: dict[str, str],
+                 single: bool) -> TiltSeries | None:
+    """The input tilt series a file's alignment goes onto, as far as the file tells: the one
+    named for it, else the one with its name, else the only one there is."""
+    if single and "" in chosen:
+        return targets[chosen[""]]
+    named = next((chosen[k] for k in _file_keys(path) if k in chosen), None)
+    if named is not None:
+        return targets[named]
+    by_name = next((targets[k] for k in _file_keys(path) if k in targets), None)
+    if by_name is not None or chosen:
+        return by_name
+    return next(iter(targets.values())) if single and len(targets) == 1 else None
+
+
+def _series_target(series: TiltSeries, path: Path, target: TiltSeries | None,
+                   targets: dict[str, TiltSeries], count: int) -> str | None:
+    """Name of the input tilt series ``series`` (read from ``path``) goes onto; None when there
+    is no tilt_series input. A file that cannot be matched is refused: attaching nothing and
+    finishing with a new, image-less series would only hide it."""
+    if not targets:
+        return None
+    if series.name in targets:
+        return series.name
+    if target is not None and count == 1:
+        return target.name
+    raise InputError(f"{path.name}: holds tilt series {series.name!r}, which is none of the "
+                     f"input tilt series ({', '.join(targets)}): say which with "
+                     f"--series NAME (or FILE=NAME for several files)")
 
 
 def _resolve_paths(series: TiltSeries, source: Path) -> TiltSeries:
@@ -231,6 +300,7 @@ class ImportImod(InteropImport):
     name = "import.imod"
     label = "Import IMOD alignment or model"
     suffixes = (".xf", ".tlt", ".mod", ".defocus")
+    pixel_suffixes = (".xf",)
 
 
 class ImportAreTomo(InteropImport):
@@ -239,6 +309,7 @@ class ImportAreTomo(InteropImport):
     name = "import.aretomo"
     label = "Import AreTomo alignment"
     suffixes = (".aln",)
+    pixel_suffixes = (".aln",)
 
 
 class ImportWarp(InteropImport):
