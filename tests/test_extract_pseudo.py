@@ -14,7 +14,7 @@ from tomoweave.algorithms.fourier import rfft_frequencies, rfft_from_centred_gri
 from tomoweave.api import Project
 from tomoweave.engine.errors import InputError
 from tomoweave.formats.mrc import read_mrc
-from tomoweave.sim.oracle import fsc, oracle_map, resolution_at, truth_map
+from tomoweave.sim.oracle import oracle_map, resolution_to_truth_a, truth_map
 
 pytestmark = [pytest.mark.xdist_group("sta_particle_images"), pytest.mark.slow]
 BOX = 40
@@ -57,8 +57,8 @@ def _oracle_resolution(project, run) -> tuple[float, float]:
     subtomograms = project.items(run, "subtomograms")
     images = load_particle_images(subtomograms, project.path)
     rotations = np.array([s.particle.rotation_matrix for s in subtomograms])
-    curve = fsc(oracle_map(images, rotations), truth_map("4v4r", BOX, images.pixel_size_a))
-    return tuple(resolution_at(curve, t, BOX, images.pixel_size_a) for t in (0.5, 0.143))
+    return resolution_to_truth_a(oracle_map(images, rotations),
+                                 truth_map("4v4r", BOX, images.pixel_size_a), images.pixel_size_a)
 
 
 def test_particle_images_against_the_truth(project, runs):
