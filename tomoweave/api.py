@@ -94,7 +94,7 @@ class Project:
                    params: dict[str, Any] | None = None, name: str | None = None,
                    executor: str = "local") -> Run:
         """Validate and record a run (or update an existing run of that name for a resume)."""
-        protocol_class = get_protocol(protocol)
+        protocol_class = get_protocol(protocol, project_root=self.root)
         validated = validate_params(protocol_class, params or {})
         set_ids = resolve_inputs(self.catalog, protocol_class, inputs or {})
         loaded, _ = load_input_items(self.catalog, protocol_class, set_ids)

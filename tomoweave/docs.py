@@ -22,6 +22,10 @@ def protocols_markdown() -> str:
         if info["outputs"]:
             lines.append("Outputs: " + ", ".join(f"`{n}` ({o['type']})"
                                                  for n, o in info["outputs"].items()))
+        if protocol_class.programs:
+            lines += ["", "Runs " + ", ".join(f"`{p.name}` ({p.family})"
+                                             for p in protocol_class.programs)
+                      + "; offered only where they are found (`tomoweave plugins`)."]
         lines += ["", "| parameter | default | unit | bounds | help |", "|---|---|---|---|---|"]
         flags = {v: k for k, v in cli_flags(protocol_class).items()}
         for field_name, field in protocol_class.Params.model_fields.items():

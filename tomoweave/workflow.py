@@ -24,7 +24,8 @@ from typing import Any
 import yaml
 
 from tomoweave.api import Project, Run
-from tomoweave.engine.errors import InputError
+from tomoweave.engine.errors import InputError, TomoweaveError
+from tomoweave.engine.registry import get_protocol
 from tomoweave.model.sets import RunState
 
 
@@ -92,12 +93,24 @@ def _references(entry: dict[str, Any]) -> list[str]:
     return [str(r) for r in references]
 
 
+def check_protocols(project: Project, entries: list[dict[str, Any]], path: str | Path) -> None:
+    """Fail before any run starts when a run names an unknown protocol or one whose external
+    program is not installed here (one line: which run, what is missing, how to install it)."""
+    for entry in entries:
+        try:
+            get_protocol(entry["protocol"], project_root=project.root)
+        except TomoweaveError as error:
+            raise InputError(f"{path}: run '{entry['name']}': {error}") from None
+
+
 def run_workflow(project: Project, path: str | Path, executor: str = "local",
                  workers: int | None = None, progress_factory=None, on_run_end=None) -> list[Run]:
     """Run (or resume) every run of the workflow in dependency order; ``on_run_end(run)`` is
     called as each run ends."""
     finished = []
-    for entry in load_workflow(path, {"TOMOWEAVE_PROJECT": str(project.root)}):
+    entries = load_workflow(path, {"TOMOWEAVE_PROJECT": str(project.root)})
+    check_protocols(project, entries, path)
+    for entry in entries:
         progress = progress_factory(entry["name"]) if progress_factory else None
         run = project.create_run(entry["protocol"], entry["inputs"], entry["params"],
                                  entry["name"], executor)
@@ -125,6 +138,7 @@ def stream_workflow(project: Project, path: str | Path, executor: str = "local",
     import threading
 
     entries = load_workflow(path, {"TOMOWEAVE_PROJECT": str(project.root)})
+    check_protocols(project, entries, path)
     runs = [project.create_run(e["protocol"], e["inputs"], e["params"], e["name"], executor)
             for e in entries]
     errors: list[BaseException] = []

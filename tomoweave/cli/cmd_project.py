@@ -143,7 +143,7 @@ def protocols_command(name: str = typer.Argument(None, help="one protocol to des
         typer.echo(protocols_markdown())
         return
     if name:
-        description = get_protocol(name).describe()
+        description = get_protocol(name, check_programs=False).describe()
         if as_json:
             print_json(description)
         else:

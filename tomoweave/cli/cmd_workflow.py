@@ -8,6 +8,8 @@ from importlib.resources import files
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from tomoweave.api import Project
 from tomoweave.cli.common import (
@@ -23,14 +25,6 @@ from tomoweave.engine.registry import get_protocol
 from tomoweave.report import write_report
 from tomoweave.store.project_dir import atomic_write_text
 from tomoweave.workflow import export_workflow, run_workflow, stream_workflow
-
-EXTERNAL_PROGRAMS = {
-    "RELION": ["relion_refine", "relion_run_motioncorr", "relion_postprocess"],
-    "IMOD": ["tilt", "newstack", "tiltxcorr", "ctfplotter"],
-    "AreTomo": ["AreTomo2", "AreTomo3", "AreTomo"],
-    "CTFFIND": ["ctffind", "ctffind5"],
-    "MotionCor": ["MotionCor2", "MotionCor3"],
-}
 
 
 def register(app: typer.Typer) -> None:
@@ -116,7 +110,7 @@ def methods(project_dir: Path = ProjectOption, as_json: bool = JsonOption) -> No
     for run in project.runs():
         if run.state not in ("finished", "finished with failures"):
             continue
-        protocol_class = get_protocol(run.protocol)
+        protocol_class = get_protocol(run.protocol, check_programs=False)
         settings = ", ".join(f"{k} = {v}" for k, v in run.params.items()
                              if v not in (None, [], {}, "") and k != "files")
         cited = [c for c in protocol_class.citations if c not in citations]
@@ -136,13 +130,24 @@ def methods(project_dir: Path = ProjectOption, as_json: bool = JsonOption) -> No
 
 
 @handle_errors
-def plugins(as_json: bool = JsonOption) -> None:
-    """External programs tomoweave can drive, and whether they are installed here."""
-    found = {family: {p: shutil.which(p) for p in programs}
-             for family, programs in EXTERNAL_PROGRAMS.items()}
+def plugins(as_json: bool = JsonOption,
+            project_dir: Path = typer.Option(None, "--project", "-p", help="also read the "
+                                             "project's programs.toml")) -> None:
+    """External programs tomoweave can drive, whether they are found here, and how to get them."""
+    from tomoweave.engine.registry import programs, protocols_using
+
+    listing = []
+    for program in programs().values():
+        record = program.describe(project_dir)
+        record["protocols"] = protocols_using(program)
+        listing.append(record)
     if as_json:
-        print_json(found)
+        print_json(listing)
         return
-    for family, programs in found.items():
-        present = [f"{p} ({path})" for p, path in programs.items() if path]
-        typer.echo(f"{family}: {', '.join(present) if present else 'not found'}")
+    table = Table("program", "family", "found", "version", "protocols")
+    for record in listing:
+        where = (f"[green]{record['path']}[/]" if record["found"] else
+                 f"[red]missing[/]: {record['install_hint']} (or set {record['env_var']})")
+        table.add_row(record["name"], record["family"], where, record["version"] or "",
+                      ", ".join(record["protocols"]))
+    Console().print(table)

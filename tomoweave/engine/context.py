@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-import shlex
+import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ class ProcessContext:
         self.digest = digest
         self.executor_kind = executor_kind
         self.messages: list[str] = []
-        self.commands: list[str] = []
+        self.commands: list[dict[str, Any]] = []  # what run_command ran, for the provenance
+        self.owner_pid, self.owner_host = os.getpid(), socket.gethostname()  # the scheduler
         self.listener: Callable[[], None] | None = None  # inline: the scheduler reads at once
         self._events: EventWriter | None = None
         self._fanout: FanOut | None = None
@@ -143,24 +144,42 @@ class ProcessContext:
             self._fanout.close()
             self._fanout = None
 
-    def run_command(self, args: list[str], cwd: str | Path | None = None,
-                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        """Run an external program, recording its full command line and output in the log."""
-        command_line = shlex.join(str(a) for a in args)
-        self.commands.append(command_line)
-        self.log(f"$ {command_line}")
-        try:
-            completed = subprocess.run(
-                [str(a) for a in args], cwd=cwd, capture_output=True, text=True,
-                env={**os.environ, **(env or {})})
-        except FileNotFoundError as error:
-            raise ItemError(f"program not found: {args[0]}") from error
-        for stream in (completed.stdout, completed.stderr):
-            if stream.strip():
-                self.log(stream.strip()[-4000:])
-        if completed.returncode != 0:
-            raise ItemError(f"{Path(str(args[0])).name} exited with code {completed.returncode}")
-        return completed
+    def owner_pids(self) -> list[int]:
+        """Processes whose end cancels this task's external programs: the run's scheduler,
+        when it runs on this host."""
+        return [self.owner_pid] if socket.gethostname() == self.owner_host else []
+
+    @property
+    def cancel_path(self) -> Path:
+        """A file whose appearance cancels the run's external programs (on any host)."""
+        return self.run_dir / "logs" / "cancel"
+
+    def run_command(self, args: Sequence[str | Path], cwd: str | Path | None = None,
+                    env: dict[str, str] | None = None, *, program=None,
+                    timeout_s: float | None = None) -> subprocess.CompletedProcess:
+        """Run an external program and wait for it to end.
+
+        Parameters
+        ----------
+        args : sequence of str or Path
+            The command line. A bare name of one of ``program``'s executables is replaced by
+            its located path (environment variable, ``programs.toml``, then PATH).
+        cwd, env : optional
+            Working folder; environment variables added to this process's environment.
+        program : Program or sequence of Program, optional
+            The programs the command runs (e.g. ``mpirun`` and ``relion_refine_mpi``): their
+            paths and versions go to the run's provenance with the command line.
+        timeout_s : float, optional
+            Kill the program (and everything it started) after this many seconds.
+
+        Its output reaches the run log line by line while it runs. A non-zero exit or a
+        timeout raises ``ItemError`` with the last lines of the output; if the task is
+        interrupted, or the worker or the run's scheduler dies, the program's whole process
+        group is killed. Returns the finished process, its merged output in ``stdout``.
+        """
+        from tomoweave.engine.commands import run_program
+
+        return run_program(self, args, program=program, cwd=cwd, env=env, timeout_s=timeout_s)
 
 
 def _safe(key: str) -> str:

@@ -7,9 +7,12 @@ A protocol reads like a form. The engine maps ``process`` over the items of the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
+
+from tomoweave.engine.programs import Program
 
 
 def param(default: Any = ..., *, unit: str = "", help: str = "", cli: str | None = None,
@@ -69,6 +72,12 @@ class Protocol:
     inputs: ClassVar[dict[str, Input]] = {}
     outputs: ClassVar[dict[str, Output]] = {}
     citations: ClassVar[list[str]] = []
+    programs: ClassVar[tuple[Program, ...]] = ()  # external programs process() runs
+
+    @classmethod
+    def missing_programs(cls, project_root: str | Path | None = None) -> list[Program]:
+        """The external programs this protocol calls that are not found here."""
+        return [p for p in cls.programs if p.locate(project_root) is None]
 
     @classmethod
     def mapped_input(cls) -> str | None:
@@ -106,4 +115,6 @@ class Protocol:
             "outputs": {n: {"type": s.item_type.__name__, "help": s.help}
                         for n, s in cls.outputs.items()},
             "citations": list(cls.citations),
+            "programs": [{"name": p.name, "family": p.family, "needs": list(p.needs)}
+                         for p in cls.programs],
         }

@@ -31,3 +31,14 @@ def environment_provenance() -> dict:
         "versions": versions,
         "command_line": sys.argv,
     }
+
+
+def programs_provenance(programs, project_root) -> list[dict]:
+    """Path and version of each external program a protocol calls, as found at the run's start."""
+    records = []
+    for program in programs:
+        path = program.locate(project_root)
+        records.append({"name": program.name, "family": program.family,
+                        "path": str(path) if path else None,
+                        "version": program.version(path) if path else None})
+    return records

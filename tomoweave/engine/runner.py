@@ -20,7 +20,7 @@ from tomoweave.engine.context import ProcessContext
 from tomoweave.engine.executors import Executor
 from tomoweave.engine.inputs import inputs_open, inputs_signature, load_input_items
 from tomoweave.engine.protocol import Task
-from tomoweave.engine.provenance import environment_provenance
+from tomoweave.engine.provenance import environment_provenance, programs_provenance
 from tomoweave.engine.registry import get_protocol
 from tomoweave.engine.run_log import RunLog
 from tomoweave.engine.task_events import EventRelay
@@ -40,7 +40,7 @@ class RunScheduler:
                  progress=None):
         self.layout, self.catalog, self.executor = layout, catalog, executor
         self.run = catalog.run(run_id)
-        self.protocol_class = get_protocol(self.run.protocol)
+        self.protocol_class = get_protocol(self.run.protocol, project_root=layout.root)
         self.protocol = self.protocol_class()
         self.params = self.protocol_class.Params(**self.run.params)
         self.input_set_ids: dict[str, list[int]] = self.run.inputs.get("set_ids", {})
@@ -57,6 +57,7 @@ class RunScheduler:
             state = self._final_state()
             self.catalog.update_run(self.run.id, state=state, finished=time.time(), error=None)
         except BaseException as error:
+            _touch(self.cancel_path)  # external programs of this run stop, on any host
             self.log.write(f"run failed: {error}\n{traceback.format_exc()}")
             self._close_outputs()
             self.catalog.update_run(self.run.id, state=RunState.FAILED, finished=time.time(),
@@ -78,10 +79,18 @@ class RunScheduler:
         }
         for output_set in self.output_sets.values():
             self.catalog.set_state(output_set.id, SetState.OPEN)
+        self.cancel_path.unlink(missing_ok=True)
         provenance = environment_provenance()
         provenance["executor"] = type(self.executor).__name__
+        provenance["programs"] = programs_provenance(self.protocol_class.programs, self.layout.root)
+        # commands of tasks an earlier attempt finished stay: resume skips those tasks
+        provenance["commands"] = list(self.run.provenance.get("commands", []))
+        self.provenance = provenance
         self.catalog.update_run(self.run.id, state=RunState.RUNNING, started=time.time(), finished=None,
                                 pid=os.getpid(), provenance=provenance)
+        for program in provenance["programs"]:
+            self.log.write(f"program {program['name']}: {program['path']} "
+                           f"(version {program['version'] or 'unknown'})")
         self.log.write(f"run {self.run.name} ({self.run.protocol}) started; parameters: "
                        f"{json.dumps(self.run.params, sort_keys=True)}")
 
@@ -163,6 +172,7 @@ class RunScheduler:
             outcome = {"error": f"worker failed: {type(error).__name__}: {error}", "outputs": {},
                        "commands": [], "traceback": None, "seconds": 0.0}
         self.relay.finish(task.key)
+        self._record_commands(task.key, outcome.get("commands") or [])
         if outcome["error"]:
             self.counts["failed"] += 1
             self.catalog.fail_task(self.run.id, task.key, outcome["error"])
@@ -178,6 +188,17 @@ class RunScheduler:
         if not worker_lost:  # the task ran to its end: nothing to continue from
             checkpoint.remove_checkpoint(context.checkpoint_path)
         self._advance()
+
+    @property
+    def cancel_path(self):
+        return self.layout.root / self.run.folder / "logs" / "cancel"
+
+    def _record_commands(self, key: str, commands: list[dict]) -> None:
+        if not commands:
+            return
+        kept = [c for c in self.provenance["commands"] if c.get("task") != key]
+        self.provenance["commands"] = kept + commands  # a retried task keeps its last attempt
+        self.catalog.update_run(self.run.id, provenance=self.provenance)
 
     def _advance(self) -> None:
         if self.progress is not None:
@@ -197,6 +218,14 @@ class RunScheduler:
 
     def _count_text(self) -> str:
         return ", ".join(f"{value} {name}" for name, value in self.counts.items())
+
+
+def _touch(path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError:  # the run is failing already; the guard also watches the scheduler's pid
+        pass
 
 
 def _without_key(key: str, message: str) -> str:

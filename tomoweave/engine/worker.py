@@ -10,19 +10,19 @@ from pydantic import BaseModel
 
 from tomoweave.engine.context import ProcessContext
 from tomoweave.engine.errors import ItemError, TomoweaveError
-from tomoweave.model import item_types
+from tomoweave.model.item_registry import item_type_reference, resolve_item_type
 
 
 def encode_payload(payload: Any) -> tuple[str | None, Any]:
     if isinstance(payload, BaseModel):
-        return type(payload).__name__, payload.model_dump(mode="json")
+        return item_type_reference(type(payload)), payload.model_dump(mode="json")
     return None, payload
 
 
 def decode_payload(type_name: str | None, data: Any) -> Any:
     if type_name is None:
         return data
-    return item_types()[type_name].model_validate(data)
+    return resolve_item_type(type_name).model_validate(data)
 
 
 def execute_task(protocol_name: str, params: dict, payload_type: str | None, payload: Any,
@@ -35,7 +35,7 @@ def execute_task(protocol_name: str, params: dict, payload_type: str | None, pay
     _limit_threads(context.n_threads)
     outcome: dict[str, Any] = {"outputs": {}, "error": None, "traceback": None}
     try:
-        protocol_class = get_protocol(protocol_name, protocol_module)
+        protocol_class = get_protocol(protocol_name, protocol_module, check_programs=False)
         validated = protocol_class.Params(**params)
         result = protocol_class().process(decode_payload(payload_type, payload), validated, context)
         outcome["outputs"] = _encode_outputs(protocol_class, result or {})

@@ -5,11 +5,13 @@ by ``tomoweave show --json`` under these field names. File paths are strings rel
 project folder.
 """
 
+from tomoweave.model.item_registry import register_item_type
 from tomoweave.model.items import (
     Acquisition,
     Average,
     ClassAverages,
     CtfTilt,
+    Item,
     Particle,
     Segmentation,
     Subtomogram,
@@ -29,6 +31,7 @@ __all__ = [
     "Average",
     "ClassAverages",
     "CtfTilt",
+    "Item",
     "Particle",
     "Segmentation",
     "SetState",
@@ -41,4 +44,5 @@ __all__ = [
     "item_type_name",
     "item_types",
     "particles_by_tomogram",
+    "register_item_type",
 ]

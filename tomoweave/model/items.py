@@ -257,9 +257,15 @@ _ITEM_TYPES: dict[str, type[_Item]] = {
 }
 
 
+Item = _Item  # the base class of item types, also for plugin packages
+
+
 def item_types() -> dict[str, type[_Item]]:
-    """The item classes that sets can hold, by name."""
-    return dict(_ITEM_TYPES)
+    """The item classes that sets can hold, by name: tomoweave's, those of installed plugin
+    packages (entry-point group ``tomoweave.item_types``) and those registered at run time."""
+    from tomoweave.model.item_registry import plugin_item_types
+
+    return {**plugin_item_types(_ITEM_TYPES), **_ITEM_TYPES}
 
 
 def item_type_name(item_class: type[BaseModel]) -> str:
