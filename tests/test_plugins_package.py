@@ -162,7 +162,8 @@ def _cli(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-@pytest.mark.parametrize("executor", ["inline", "local", "dask"])
+@pytest.mark.parametrize("executor", ["inline", "local",
+                                      pytest.param("dask", marks=pytest.mark.slow)])
 def test_plugin_item_type_and_protocols_run_on_every_executor(project, executor, spots_tool):
     from tw_spots_plugin import TiltCount
 
