@@ -107,8 +107,8 @@ def test_streaming_workflow_processes_series_during_collection(tmp_path, shared_
     session = threading.Thread(target=stream_workflow, args=(project, workflow, "inline"))
     session.start()
     deadline = time.time() + 30
-    while time.time() < deadline and not project.catalog.runs():
-        time.sleep(0.1)
+    while time.time() < deadline and "bin2" not in {r.name for r in project.catalog.runs()}:
+        time.sleep(0.1)  # the session creates its runs one after the other
     while time.time() < deadline and not [
             r for r in project.catalog.journal(project.get_run("bin2").id).values()
             if r["state"] == "done"]:
