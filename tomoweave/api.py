@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -187,12 +189,27 @@ def validate_params(protocol_class, params: dict[str, Any]) -> BaseModel:
         raise InputError(f"{protocol_class.name} has no parameter '{sorted(unknown)[0]}' "
                          f"(its parameters: {known})")
     try:
-        return protocol_class.Params(**params)
+        return protocol_class.Params(**_single_values_as_lists(protocol_class, params))
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "parameters"
         raise InputError(f"{protocol_class.name}: parameter '{field}': {first['msg']}"
                          f" (got {first.get('input')!r})") from None
+
+
+def _single_values_as_lists(protocol_class, params: dict[str, Any]) -> dict[str, Any]:
+    """``files: a.xf`` (``--set files=a.xf``, a YAML scalar) for a list parameter is ``[a.xf]``."""
+    fields = protocol_class.Params.model_fields
+    coerced = dict(params)
+    for name, value in params.items():
+        annotation = typing.get_origin(fields[name].annotation)
+        arguments = typing.get_args(fields[name].annotation)
+        is_list = annotation is list or (
+            annotation in (types.UnionType, typing.Union)
+            and any(typing.get_origin(a) is list for a in arguments))
+        if is_list and isinstance(value, str | int | float) and not isinstance(value, bool):
+            coerced[name] = [value]
+    return coerced
 
 
 def _pid_alive(pid: int) -> bool:

@@ -22,7 +22,7 @@ from tomoweave.model import Acquisition, Particle, TiltSeries, Tomogram, particl
 
 
 class InteropExportParams(BaseModel):
-    out_dir: str = param(..., help="folder to write the files into")
+    out_dir: str = param(..., cli="--out", help="folder to write the files into")
     pixel_size_a: float | None = param(None, gt=0, unit="Å", help="pixel size of written particle "
                                        "coordinates (default: the tomogram's, else the tilt "
                                        "series')")
