@@ -9,6 +9,7 @@ go through ``geometry.dynamo_zxz_to_matrix``. Column 20 ``tomo`` is the tomogram
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import dynamotable
 import numpy as np
 import pandas as pd
 
+from tomoweave.formats import FormatWarning
 from tomoweave.geometry import dynamo_zxz_to_matrix, matrix_to_dynamo_zxz
 from tomoweave.model import Particle
 
@@ -39,6 +41,8 @@ def read_dynamo_table(
     path = Path(path)
     _check_rows(path)
     table = dynamotable.read(str(path))
+    # only the columns read (checked real above); the others may be complex or text
+    table = table[[c for c in _USED_COLUMNS.values() if c in table.columns]].astype(float)
     names = _tomogram_names(table, table_map)
     pixel = pixel_size_a or (float(table["apix"].iloc[0]) if "apix" in table.columns else 0.0)
     if not pixel or pixel <= 0:
@@ -92,13 +96,20 @@ def write_dynamo_table(
     return {i: n for n, i in index_of.items()}
 
 
+# 1-based columns tomoweave reads: tag, shifts, angles, cc, tomo, class, x y z, apix
+_USED_COLUMNS = {1: "tag", 4: "dx", 5: "dy", 6: "dz", 7: "tdrot", 8: "tilt", 9: "narot",
+                 10: "cc", 20: "tomo", 22: "class", 24: "x", 25: "y", 26: "z", 36: "apix"}
+
+
 def _check_rows(path: Path) -> None:
-    """Every row needs at least 26 numeric columns; name the first line that has not."""
+    """Every row needs at least 26 columns and a number in each column tomoweave uses (named
+    with its line); other columns may hold anything MATLAB writes (Dynamo's daxis column can be
+    complex, ``0+1.2074e-06i``): one ``FormatWarning`` per file says what was ignored."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as error:
         raise DynamoFormatError(f"{path.name}: cannot read: {error.strerror}") from error
-    rows = 0
+    rows, ignored, first = 0, 0, None
     for number, line in enumerate(lines, start=1):
         fields = line.split()
         if not fields:
@@ -111,10 +122,20 @@ def _check_rows(path: Path) -> None:
             try:
                 float(value)
             except ValueError as error:
-                raise DynamoFormatError(f"{path.name}: line {number}, column {column}: expected "
-                                        f"a number, got {value!r}") from error
+                if column in _USED_COLUMNS:
+                    raise DynamoFormatError(
+                        f"{path.name}: line {number}, column {column} "
+                        f"({_USED_COLUMNS[column]}): expected a number, got {value!r}") from error
+                ignored += 1
+                first = first or (number, column, value)
     if not rows:
         raise DynamoFormatError(f"{path.name}: empty table")
+    if ignored:
+        number, column, value = first
+        warnings.warn(FormatWarning(
+            f"{path.name}: {ignored} value(s) that are not real numbers in columns tomoweave "
+            f"does not use, ignored (first: line {number}, column {column}, {value!r})"),
+            stacklevel=3)
 
 
 def _tomogram_names(table: pd.DataFrame, table_map: str | Path | None) -> list[str]:
