@@ -107,4 +107,6 @@ def test_tiled_search_equals_one_tile():
     # condition of the local variance (mean² / variance under the mask, < 10 here); 2e-4 is
     # > 100x that on any CPU, while a tile misplaced by one voxel changes scores by > 0.05
     assert np.allclose(whole.scores, tiled.scores, atol=2e-4)
-    assert np.mean(whole.rotation_index == tiled.rotation_index) > 0.999
+    scored = whole.scores > -1  # the faces' bands, where the template reaches across, are not
+    assert np.array_equal(scored, tiled.scores > -1) and scored.mean() > 0.1
+    assert np.mean(whole.rotation_index[scored] == tiled.rotation_index[scored]) > 0.999

@@ -7,6 +7,8 @@ a function says it returns the full, centred grid (index N // 2 is the zero freq
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.fft
 
@@ -37,6 +39,31 @@ def wedge_mask(shape_zyx: tuple[int, int, int], tilt_min_deg: float,
     keep = keep | ((kz == 0) & (kx == 0))
     return np.broadcast_to(keep, (shape_zyx[0], shape_zyx[1], shape_zyx[2] // 2 + 1)).astype(
         np.float32)
+
+
+def wedge_taper(shape_zyx: tuple[int, int, int], tilt_min_deg: float, tilt_max_deg: float,
+                taper_deg: float = 5.0, taper_px: float = 2.0) -> np.ndarray:
+    """Soft missing-wedge weight, [kz, 1, kx] on the rfftn grid (broadcasts over ky), float32.
+
+    1 inside the tilt range (as :func:`wedge_mask`), falling to 0 (raised cosine) with the
+    distance beyond the wedge's edge: over ``taper_deg`` of angle, and never over fewer than
+    ``taper_px`` grid steps (at low frequency the grid is coarse in angle). A soft edge keeps
+    the filter's kernel short, so filtering a tile of a volume gives nearly what filtering the
+    whole volume gives, whatever padding the tile has.
+    """
+    if not -90 <= tilt_min_deg < tilt_max_deg <= 90:
+        raise ValueError(f"tilt range {tilt_min_deg}…{tilt_max_deg}°: expected -90 ≤ min < max ≤ 90")
+    kz, _, kx = rfft_frequencies(shape_zyx)
+    angle = np.arctan2(kz, kx)
+    excess = np.maximum(angle - np.radians(tilt_max_deg), np.radians(tilt_min_deg) - angle)
+    radius = np.hypot(kz, kx)
+    distance = radius * np.sin(np.clip(excess, 0.0, np.pi / 2))  # cycles/pixel from the edge
+    width = np.maximum(radius * np.sin(np.radians(taper_deg)), taper_px / max(shape_zyx))
+    ramp = np.clip(distance / width, 0.0, 1.0)
+    ramp = np.where(excess > np.pi / 2, 1.0, ramp)
+    weight = 0.5 * (1 + np.cos(np.pi * ramp))
+    weight[0, 0, 0] = 1.0
+    return weight.astype(np.float32)
 
 
 def radial_ctf(shape_zyx: tuple[int, int, int], pixel_size_a: float, defocus_a: float,
@@ -258,6 +285,61 @@ def wedge_ctf_weight(box_px: int, pixel_size_a: float, tilt_range_deg: tuple[flo
         values = radial_ctf(shape, pixel_size_a, **options)
         weight *= -np.abs(values) if ctf.get("phase_flipped") else values
     return weight
+
+
+def radial_power_spectrum(volume: np.ndarray, *,
+                          weight: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+                          max_voxels: int = 2**24) -> tuple[np.ndarray, np.ndarray]:
+    """Mean power |F(k)|² in shells of |k| (cycles/pixel) of a volume, edge-tapered.
+
+    Parameters
+    ----------
+    volume : array (Z, Y, X)
+        Any float volume; one central block of at most ``max_voxels`` is read (memory maps stay
+        cheap), its mean removed and its faces tapered (10 %) against edge leakage.
+    weight : callable(shape) -> rfft-grid array, optional
+        Only grid points where it exceeds 0.5 count (e.g. the measured wedge): a missing wedge
+        would otherwise lower every shell's mean.
+
+    Returns
+    -------
+    frequencies : array (M,)
+        Shell centres, cycles/pixel, from 0 to √3/2 in steps of 1/max(block shape).
+    power : array (M,)
+        Mean power per shell (0 where a shell holds no grid point).
+    """
+    from tomoweave.algorithms.windows import cosine_taper
+
+    shape = list(volume.shape)
+    while np.prod(shape) > max_voxels:
+        axis = int(np.argmax(shape))
+        shape[axis] = max(8, int(shape[axis] * 0.8))
+    block = tuple(slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(volume.shape, shape,
+                                                                           strict=True))
+    data = np.asarray(volume[block], dtype=np.float32)
+    data = (data - data.mean()) * cosine_taper(data.shape, 0.1)
+    power = np.abs(scipy.fft.rfftn(data, workers=-1)) ** 2
+    kz, ky, kx = rfft_frequencies(data.shape)
+    radius = np.sqrt(kz**2 + ky**2 + kx**2)
+    step = 1.0 / max(data.shape)
+    shell = np.rint(radius / step).astype(np.int64)
+    keep = np.ones(power.shape, dtype=bool) if weight is None else (
+        np.broadcast_to(weight(data.shape), power.shape) > 0.5)
+    count = np.bincount(shell[keep], minlength=shell.max() + 1)
+    total = np.bincount(shell[keep], weights=power[keep], minlength=shell.max() + 1)
+    frequencies = np.arange(count.size) * step
+    return frequencies, np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def radial_filter(shape_zyx: tuple[int, int, int], frequencies: np.ndarray,
+                  values: np.ndarray) -> np.ndarray:
+    """A radial profile (``values`` at ``frequencies``, cycles/pixel) on the rfftn grid, float32.
+
+    Linear interpolation in |k|; beyond the last frequency the last value holds.
+    """
+    kz, ky, kx = rfft_frequencies(shape_zyx)
+    radius = np.sqrt(kz**2 + ky**2 + kx**2)
+    return np.interp(radius, frequencies, values).astype(np.float32)
 
 
 def fourier_crop(volume: np.ndarray, size: int | tuple[int, ...]) -> np.ndarray:

@@ -17,6 +17,7 @@ from scipy.special import erfcinv
 
 from tomoweave.algorithms import fourier, volumes
 from tomoweave.algorithms import template_matching as tm
+from tomoweave.algorithms import template_peaks as peaks_
 from tomoweave.geometry import sampling
 
 MAX_RESCALE_FACTOR = 8.0  # beyond this a template is most likely the wrong file or pixel size
@@ -33,15 +34,36 @@ def rescale_factor_checked(template_pixel_a: float, tomogram_pixel_a: float) -> 
     return factor
 
 
+def whitening_profile(tomogram: np.ndarray,
+                      tilt_range_deg: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Radial gain 1 / sqrt(power) that flattens the tomogram's spectrum in the measured wedge.
+
+    Returns (frequencies in cycles/pixel, gain); apply it with :func:`fourier.radial_filter` to
+    the tomogram and the template alike, which makes the correlation a matched filter for the
+    tomogram's own (coloured) noise instead of one dominated by its strongest frequencies.
+    """
+    weight = (lambda shape: fourier.wedge_taper(shape, *tilt_range_deg)) if tilt_range_deg \
+        else None
+    frequencies, power = fourier.radial_power_spectrum(tomogram, weight=weight)
+    positive = power[1:][power[1:] > 0]
+    floor = 1e-4 * float(np.median(positive)) if positive.size else 1.0
+    gain = 1.0 / np.sqrt(np.maximum(power, floor))
+    gain[0] = gain[1] if gain.size > 1 else 1.0
+    return frequencies, (gain / gain.max()).astype(np.float32)
+
+
 def prepare_search_template(template: np.ndarray, template_pixel_a: float, pixel_size_a: float,
                             diameter_a: float, contrast: str = "dark",
                             tilt_range_deg: tuple[float, float] | None = (-60.0, 60.0),
                             lowpass_a: float | None = None,
-                            ctf: dict | None = None) -> tm.PreparedTemplate:
+                            ctf: dict | None = None, *,
+                            whitening: tuple[np.ndarray, np.ndarray] | None = None
+                            ) -> tm.PreparedTemplate:
     """Rescale, crop, mask and weight a template for a tomogram of ``pixel_size_a``.
 
     ``contrast``: how particles look in the tomogram ("dark" for unstained cryo-ET). With a CTF
     the (signed) CTF already turns the positive density dark, so no further sign flip is made.
+    ``whitening``: the tomogram's :func:`whitening_profile`, applied to the template too.
     """
     rescale_factor_checked(template_pixel_a, pixel_size_a)
     volume = volumes.rescale_volume(np.asarray(template, dtype=np.float32), template_pixel_a,
@@ -51,8 +73,33 @@ def prepare_search_template(template: np.ndarray, template_pixel_a: float, pixel
     if contrast == "dark" and ctf is None:
         volume = -volume
     weight = fourier.wedge_ctf_weight(box, pixel_size_a, tilt_range_deg, lowpass_a, ctf)
+    if whitening is not None:
+        weight = weight * fourier.radial_filter(weight.shape[:2] + (box,), *whitening)
     mask = volumes.spherical_mask(box, 0.5 * diameter_a / pixel_size_a, soft_px=2.0)
-    return tm.PreparedTemplate(volume, mask, weight)
+    band = pixel_size_a / lowpass_a if lowpass_a else None
+    return tm.PreparedTemplate(volume, mask, weight, tilt_range_deg=tilt_range_deg,
+                               band_limit=band)
+
+
+@dataclass
+class NoiseModel:
+    """Gumbel fit of the peak scores, and the threshold it gives.
+
+    ``location`` and ``scale`` of the Gumbel law of a noise peak (the largest score within an
+    exclusion radius), fitted to the quartiles of all ``n_peaks`` peaks; ``threshold`` is the
+    score that ``n_false`` of them are expected to exceed.
+    """
+
+    location: float
+    scale: float
+    n_peaks: int
+    n_false: float
+    threshold: float
+
+    def expected_above(self, score: np.ndarray) -> np.ndarray:
+        """How many of the peaks noise alone puts above ``score``."""
+        z = (np.asarray(score, dtype=float) - self.location) / max(self.scale, 1e-12)
+        return self.n_peaks * -np.expm1(-np.exp(-z))
 
 
 @dataclass
@@ -66,6 +113,8 @@ class PickResult:
     score_map: np.ndarray
     n_rotations: int
     messages: list[str] = field(default_factory=list)
+    peak_scores: np.ndarray | None = None  # every candidate peak, best first
+    noise: NoiseModel | None = None
 
 
 def pick_with_template(tomogram: np.ndarray, pixel_size_a: float, template: tm.PreparedTemplate,
@@ -74,139 +123,156 @@ def pick_with_template(tomogram: np.ndarray, pixel_size_a: float, template: tm.P
                        threshold_method: str = "auto", lowpass_a: float | None = None,
                        mask_gold: bool = True, refine: bool = True,
                        exclusion_radius_a: float | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> PickResult:
+                       progress: Callable[[int, int], None] | None = None,
+                       whitening: tuple[np.ndarray, np.ndarray] | None = None,
+                       n_false: float = 1.0) -> PickResult:
     """Search all orientations, mask gold, choose the threshold, extract and refine peaks.
 
-    Peaks closer than ``exclusion_radius_a`` (default: the particle radius) to a better one are
-    dropped; peaks within a particle radius of the volume's faces are ignored.
+    Parameters
+    ----------
+    tomogram : array (Z, Y, X)
+    pixel_size_a : float
+        Voxel size, Å.
+    template : PreparedTemplate
+        From :func:`prepare_search_template` (with the same ``whitening``).
+    angular_step_deg : float
+        Spacing of the orientation grid, degrees.
+    diameter_a : float
+        Particle diameter, Å: exclusion between peaks (default) and margins.
+    threshold : float, optional
+        Score threshold; None: chosen by ``threshold_method`` (see :func:`auto_threshold`).
+    exclusion_radius_a : float, optional
+        Peaks closer than this to a better one are dropped (default: the particle radius).
+    whitening : (frequencies, gain), optional
+        :func:`whitening_profile` of the tomogram, applied to it as to the template.
+    n_false : float
+        Noise peaks expected above the automatic threshold.
     """
     rotations = sampling.angular_sampling(angular_step_deg, symmetry)
-
-    def tomogram_filter(shape: tuple[int, ...]) -> np.ndarray:
-        return fourier.lowpass_filter(shape, pixel_size_a, lowpass_a)
-
-    result = tm.match_template(tomogram, template, rotations,
-                               tomogram_filter if lowpass_a else None, progress=progress)
+    tomogram_filter = _search_filter(pixel_size_a, lowpass_a, whitening)
+    result = tm.match_template(tomogram, template, rotations, tomogram_filter, progress=progress)
     radius_px = 0.5 * diameter_a / pixel_size_a
     exclusion_px = (exclusion_radius_a or 0.5 * diameter_a) / pixel_size_a
     border_px = int(round(radius_px))
     messages = [f"searched {len(rotations)} orientations ({angular_step_deg:g}° step, "
                 f"symmetry {symmetry}) over {tomogram.size} voxels"]
-    filtered = _filtered(tomogram, pixel_size_a, lowpass_a)
-    if mask_gold:
-        gold = high_contrast_mask(filtered, 100.0 / pixel_size_a, radius_px)
+    filtered = _filtered(tomogram, template, tomogram_filter)
+    if mask_gold:  # on the low-passed tomogram: whitening would lift the noise to gold's level
+        smooth = _filtered(tomogram, template, _search_filter(pixel_size_a, lowpass_a, None))
+        gold = high_contrast_mask(smooth, 100.0 / pixel_size_a, radius_px)
         if gold.any():
             result.scores[gold] = -1.0
             messages.append(f"masked {gold.mean():.1%} of the volume around high-contrast "
                             "blobs (gold)")
+    # every peak that respects the exclusion radius: the candidates and the noise statistics
+    all_zyx, all_values = peaks_.find_peaks(result.scores, exclusion_px, -1.0 + 1e-6,
+                                            10**7, border_px)
+    noise = fit_noise_peaks(all_values, n_false) if len(all_values) >= 20 else None
     if threshold is None:
-        threshold = auto_threshold(result.scores, threshold_method, border_px=border_px,
-                                      radius_px=exclusion_px)
+        threshold = auto_threshold(result.scores, threshold_method, n_false,
+                                   border_px=border_px, noise=noise)
         messages.append(f"score threshold {threshold:.4f} ({threshold_method}, from the score "
-                        "statistics)")
-    peaks_zyx, values = tm.find_peaks(result.scores, exclusion_px, threshold,
-                                      max_particles, border_px)
+                        f"statistics of {len(all_values)} peaks)")
+    keep = all_values >= threshold
+    peaks_zyx, values = all_zyx[keep][:max_particles], all_values[keep][:max_particles]
+    if keep.sum() > max_particles:
+        messages.append(f"{int(keep.sum())} peaks above the threshold: kept the best "
+                        f"{max_particles} (max_particles)")
     chosen = result.rotations[result.rotation_index[tuple(peaks_zyx.T)]] if len(peaks_zyx) \
         else np.zeros((0, 3, 3))
     if refine and len(peaks_zyx):
-        refined = [tm.refine_orientation(tm.subvolume_at(filtered, p, template.box), template, r,
-                                         angular_step_deg)[0]
+        refined = [peaks_.refine_orientation(peaks_.subvolume_at(filtered, p, template.box),
+                                             template, r, angular_step_deg)[0]
                    for p, r in zip(peaks_zyx, chosen, strict=True)]
         chosen = np.asarray(refined)
     messages.append(f"{len(peaks_zyx)} particles above {threshold:.4f}")
-    positions_zyx = np.array([subvoxel_peak(result.scores, p) for p in peaks_zyx])
+    positions_zyx = np.array([peaks_.subvoxel_peak(result.scores, p) for p in peaks_zyx])
     return PickResult(positions_zyx[:, ::-1] if len(peaks_zyx) else np.zeros((0, 3)),
                       np.asarray(chosen).reshape(-1, 3, 3), values, float(threshold),
-                      result.scores, len(rotations), messages)
+                      result.scores, len(rotations), messages, all_values, noise)
 
 
-def subvoxel_peak(scores: np.ndarray, peak_zyx: np.ndarray) -> np.ndarray:
-    """Peak position refined per axis by the parabola through the peak and its neighbours."""
-    position = np.asarray(peak_zyx, dtype=float).copy()
-    for axis in range(3):
-        index = np.asarray(peak_zyx, dtype=int).copy()
-        if not 0 < index[axis] < scores.shape[axis] - 1:
-            continue
-        centre = scores[tuple(index)]
-        index[axis] -= 1
-        low = scores[tuple(index)]
-        index[axis] += 2
-        high = scores[tuple(index)]
-        curvature = low - 2 * centre + high
-        if curvature < 0:
-            position[axis] += float(np.clip(0.5 * (low - high) / curvature, -0.5, 0.5))
-    return position
+def _search_filter(pixel_size_a: float, lowpass_a: float | None,
+                   whitening: tuple[np.ndarray, np.ndarray] | None) -> Callable | None:
+    """The tomogram's filter of the search (low-pass × whitening), or None."""
+    if not lowpass_a and whitening is None:
+        return None
+
+    def tomogram_filter(shape: tuple[int, ...]) -> np.ndarray:
+        weight = fourier.lowpass_filter(shape, pixel_size_a, lowpass_a)
+        if whitening is not None:
+            weight *= fourier.radial_filter(shape, *whitening)
+        return weight
+
+    return tomogram_filter
 
 
-def _filtered(volume: np.ndarray, pixel_size_a: float, lowpass_a: float | None) -> np.ndarray:
+def _filtered(volume: np.ndarray, template: tm.PreparedTemplate,
+              tomogram_filter: Callable | None) -> np.ndarray:
+    """The tomogram as the search saw it: its filter and the template's search band."""
     data = np.asarray(volume, dtype=np.float32)
-    if not lowpass_a:
-        return data
-    weight = fourier.lowpass_filter(data.shape, pixel_size_a, lowpass_a)
+    weight = template.search_band(data.shape)[:, None, :]
+    if tomogram_filter is not None:
+        weight = weight * tomogram_filter(data.shape)
     return scipy.fft.irfftn(scipy.fft.rfftn(data, workers=-1) * weight, s=data.shape,
                             workers=-1).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- thresholds
+_GUMBEL_QUARTILES = (np.log(-np.log(0.25)), np.log(-np.log(0.75)))  # −ln(−ln q) = (x − μ)/β
+
+
+def fit_noise_peaks(peak_values: np.ndarray, n_false: float = 1.0) -> NoiseModel:
+    """Gumbel law of the noise peaks from the quartiles of all peaks, and its threshold.
+
+    A peak of noise is the largest of many correlated scores (voxels within an exclusion
+    radius, all orientations): extreme-value statistics, a Gumbel law. Particles are few among
+    the peaks, so the quartiles are those of noise; the fitted law's tail then tells how many
+    noise peaks lie above any score. Its tail falls more slowly than the true one (finite
+    maxima of Gaussians converge to it from below), so the threshold errs on the safe side.
+    """
+    values = np.asarray(peak_values, dtype=float)
+    q25, q75 = np.quantile(values, [0.25, 0.75])
+    scale = max(float(q75 - q25) / (_GUMBEL_QUARTILES[0] - _GUMBEL_QUARTILES[1]), 1e-9)
+    location = float(q25 + scale * _GUMBEL_QUARTILES[0])
+    probability = min(0.5, n_false / values.size)
+    threshold = location - scale * np.log(-np.log1p(-probability))
+    return NoiseModel(location, scale, int(values.size), float(n_false), float(threshold))
+
+
 def auto_threshold(scores: np.ndarray, method: str = "auto", n_false: float = 1.0,
-                   k_sigma: float = 5.0, border_px: int = 0, radius_px: float = 3.0) -> float:
+                   k_sigma: float = 5.0, border_px: int = 0,
+                   noise: NoiseModel | None = None) -> float:
     """Score threshold from the statistics of the score map.
 
-    ``extreme``: the noise part of the map is taken as Gaussian with the robust (median/MAD)
-    mean and spread; the threshold is the level that about ``n_false`` of its voxels exceed
-    (the Gaussian tail over the number of voxels, an extreme-value estimate as in pytom-match-pick).
-    ``sigma``: robust mean + ``k_sigma`` × robust std. ``otsu``: Otsu's split of the local maxima.
-    ``auto``: the ``extreme`` level as a floor, raised to the gap between two clearly separate
-    groups of peaks above it (other particles that resemble the template score above noise but
-    below the true particles; the split is kept only when the gap exceeds twice the spread of
-    the lower group).
+    ``auto``: the level that ``n_false`` noise peaks are expected to exceed, from the Gumbel
+    law fitted to all peaks (:func:`fit_noise_peaks`; give ``noise`` when it is fitted already).
+    ``extreme``: the voxel scores taken as Gaussian (robust median/MAD), the level that
+    ``n_false`` voxels exceed. ``sigma``: robust mean + ``k_sigma`` × robust std of the voxels.
+    ``otsu``: Otsu's split of the local maxima.
     """
-    inner = _without_border(scores, border_px)
-    values = inner[np.isfinite(inner)].ravel()
+    if method not in ("auto", "extreme", "sigma", "otsu"):
+        raise ValueError(f"threshold method '{method}': expected auto, extreme, sigma or otsu")
+    inner = scores[peaks_.inner_region(scores.shape, border_px)]
+    values = inner[np.isfinite(inner) & (inner > -1.0)].ravel()
+    if values.size == 0:
+        return 1.0
     median = float(np.median(values))
     sigma = 1.4826 * float(np.median(np.abs(values - median)))
+    if method == "auto":
+        if noise is None:
+            radius = max(3.0, border_px)
+            _, peak_values = peaks_.find_peaks(scores, radius, -1.0 + 1e-6, 10**7, border_px)
+            if peak_values.size < 20:
+                return median + k_sigma * sigma
+            noise = fit_noise_peaks(peak_values, n_false)
+        return noise.threshold
     if method == "sigma":
         return median + k_sigma * sigma
-    floor = median + float(erfcinv(2.0 * n_false / values.size) * np.sqrt(2.0)) * sigma
     if method == "extreme":
-        return floor
-    if method == "otsu":
-        peaks = inner[(inner >= ndimage.maximum_filter(inner, size=5)) & (inner > median)]
-        return _otsu(peaks) if peaks.size > 2 else median + k_sigma * sigma
-    if method != "auto":
-        raise ValueError(f"threshold method '{method}': expected auto, extreme, sigma or otsu")
-    _, peaks = tm.find_peaks(scores, radius_px, floor, 100000, border_px)
-    return max(floor, _two_group_split(np.sort(peaks)))
-
-
-def _two_group_split(values: np.ndarray) -> float:
-    """Level between two clearly separated groups of sorted values, or -inf when there are none.
-
-    The split maximises gap / (spread below + spread above); it counts only when each group has
-    3 values or more and the gap is at least twice the lower group's spread and at least the
-    upper group's.
-    """
-    if values.size < 4:
-        return -np.inf
-    best, level = 0.0, -np.inf
-    for i in range(3, values.size - 2):  # at least 3 values on each side
-        lower, upper = values[:i], values[i:]
-        gap = values[i] - values[i - 1]
-        spread_low, spread_high = float(lower.std()), float(upper.std())
-        if gap < 2.0 * spread_low or gap < spread_high:
-            continue
-        ratio = gap / (spread_low + spread_high + 1e-12)
-        if ratio > best:
-            best, level = ratio, float(0.5 * (values[i] + values[i - 1]))
-    return level
-
-
-def _without_border(scores: np.ndarray, border_px: int) -> np.ndarray:
-    if border_px <= 0:
-        return scores
-    b = [min(border_px, (s - 1) // 2) for s in scores.shape]
-    return scores[b[0]:scores.shape[0] - b[0], b[1]:scores.shape[1] - b[1],
-                  b[2]:scores.shape[2] - b[2]]
+        return median + float(erfcinv(2.0 * n_false / values.size) * np.sqrt(2.0)) * sigma
+    peaks = inner[(inner >= ndimage.maximum_filter(inner, size=5)) & (inner > median)]
+    return _otsu(peaks) if peaks.size > 2 else median + k_sigma * sigma
 
 
 def _otsu(values: np.ndarray, bins: int = 256) -> float:

@@ -33,7 +33,8 @@ def rotate_volume(volume: np.ndarray, rotation: np.ndarray, order: int = 3,
 
 # Serial on purpose: these kernels run between multi-threaded FFTs, and numba's OpenMP workers
 # spin-wait after a parallel region, which measured 3-5x slower on 2 cores than a serial loop.
-@numba.njit(cache=True)
+# nogil: template matching rotates templates in several threads at once.
+@numba.njit(cache=True, nogil=True)
 def _rotate_linear(volume, matrix, offset, out):  # pragma: no cover - numba
     nz, ny, nx = volume.shape
     for z in range(out.shape[0]):

@@ -16,9 +16,11 @@ from pydantic import BaseModel
 
 from tomoweave.algorithms import membranes
 from tomoweave.algorithms.template_picking import (
+    PickResult,
     pick_with_template,
     prepare_search_template,
     rescale_factor_checked,
+    whitening_profile,
 )
 from tomoweave.engine import (
     Input,
@@ -59,6 +61,10 @@ class TemplateParams(BaseModel):
                                     help="defocus for the CTF (default: the tilt series')")
     particle_contrast: Literal["dark", "bright"] = param(
         "dark", choices=["dark", "bright"], help="how particles look in the tomogram")
+    expected_false_picks: float = param(1.0, gt=0, help="noise peaks expected above the "
+                                        "automatic threshold (from the fit of the peak scores)")
+    whiten: bool = param(True, help="flatten the tomogram's noise spectrum (spectral "
+                         "whitening), for the tomogram and the template alike")
     mask_gold: bool = param(True, help="ignore peaks around gold beads")
     refine_orientations: bool = param(True, help="refine each particle's orientation locally")
 
@@ -120,9 +126,10 @@ class PickTemplate(Protocol):
         ctf = _ctf(params, item, series)
         lowpass_a = params.lowpass_a or 2.0 * pixel
         symmetry = params.symmetry or template_item.symmetry
+        whitening = whitening_profile(tomogram, tilt_range) if params.whiten else None
         prepared = prepare_search_template(template, template_pixel_a, pixel,
                                            params.particle_diameter_a, params.particle_contrast,
-                                           tilt_range, lowpass_a, ctf)
+                                           tilt_range, lowpass_a, ctf, whitening=whitening)
         ctf_text = f"defocus {ctf['defocus_a']:.0f} Å" if ctf else "off"
         context.log(f"tilt range {tilt_range[0]:g}…{tilt_range[1]:g}°, CTF "
                     f"{ctf_text}, low-pass "
@@ -130,7 +137,9 @@ class PickTemplate(Protocol):
         result = pick_with_template(
             tomogram, pixel, prepared, params.angular_step_deg, params.particle_diameter_a,
             symmetry, params.max_particles, params.score_threshold, params.threshold_method,
-            lowpass_a, params.mask_gold, params.refine_orientations)
+            lowpass_a, params.mask_gold, params.refine_orientations, whitening=whitening,
+            n_false=params.expected_false_picks,
+            progress=_progress_logger(context, item.name))
         for message in result.messages:
             context.log(message)
         centre = np.array(tomogram.shape[::-1]) // 2
@@ -142,6 +151,8 @@ class PickTemplate(Protocol):
             for i, (position, rotation, score) in enumerate(
                 zip(positions_a, result.rotations, result.scores, strict=True))]
         write_mrc(context.output_path(f"{item.name}_scores.mrc"), result.score_map, pixel)
+        score_histogram_png(result, context.output_path(f"{item.name}_score_histogram.png"),
+                            f"{item.name}: peak scores and threshold (pick.template)")
         particles_png(tomogram, result.positions_xyz_px, result.scores,
                       context.output_path(f"{item.name}_particles.png"),
                       f"{item.name}: {len(particles)} particles (pick.template)",
@@ -253,6 +264,51 @@ def _ctf(params: TemplateParams, tomogram: Tomogram, series: TiltSeries | None) 
     return ctf
 
 
+def _progress_logger(context: ProcessContext, name: str):
+    """Log the search's progress every 10 % (it is the long part of picking)."""
+    state = {"next": 0.1}
+
+    def progress(done: int, total: int) -> None:
+        if done >= state["next"] * total:
+            context.log(f"{name}: searched {done}/{total} orientations")
+            state["next"] += 0.1
+
+    return progress
+
+
+def score_histogram_png(result: PickResult, path: Path, title: str) -> Path:
+    """Histogram of every peak's score, the fitted noise law, the threshold and the picks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.asarray(result.peak_scores if result.peak_scores is not None else result.scores)
+    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    if values.size:
+        edges = np.linspace(values.min(), max(values.max(), result.threshold) + 1e-6, 61)
+        axis.hist(values, bins=edges, color="0.6", label=f"{values.size} peaks")
+        if result.noise is not None:
+            fine = np.linspace(edges[0], edges[-1], 400)
+            width = edges[1] - edges[0]
+            # expected count per bin: the derivative of the expected number above
+            density = -np.gradient(result.noise.expected_above(fine), fine) * width
+            axis.plot(fine, density, color="tab:blue",
+                      label=f"noise model (Gumbel, scale {result.noise.scale:.3g})")
+        axis.set_yscale("log")
+        axis.set_ylim(0.5, None)
+    axis.axvline(result.threshold, color="tab:red",
+                 label=f"threshold {result.threshold:.3f}: {len(result.scores)} picks")
+    axis.set_xlabel("score (local normalised cross-correlation)")
+    axis.set_ylabel("peaks per bin")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def particles_png(tomogram: np.ndarray, positions_xyz_px: np.ndarray, scores: np.ndarray | None,
                   path: Path, title: str, radius_px: float) -> Path:
     """The central third of the tomogram averaged along Z, with the particles drawn as circles."""
@@ -283,4 +339,4 @@ def particles_png(tomogram: np.ndarray, positions_xyz_px: np.ndarray, scores: np
     return path
 
 
-__all__ = ["PickMembrane", "PickTemplate", "particles_png", "Segmentation"]
+__all__ = ["PickMembrane", "PickTemplate", "particles_png", "score_histogram_png", "Segmentation"]
