@@ -54,6 +54,7 @@ def test_pick_template_outputs_oriented_particles(picked):
     assert first["tomogram"] == "TS_01" and first["score"] > 0
     outputs = project.root / "runs"
     assert list(outputs.glob("*pick.template*/outputs/TS_01_particles.png"))
+    assert list(outputs.glob("*pick.template*/outputs/TS_01_score_histogram.png"))
     log = "\n".join(p.read_text() for p in outputs.glob("*pick.template*/logs/*.log"))
     assert "rescaled to the tomogram's 20 Å" in log  # the 10 Å template was rescaled
 

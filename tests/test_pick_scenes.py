@@ -113,7 +113,7 @@ SCENES = {
     # crowded, phase-flipped tomogram with gold beads and a vesicle
     "ribosome_dense_flipped": dict(shape_zyx=(80, 160, 160), n_targets=45,
                                    distractors={"3j9i": 15}, crowders={"3qm1": 40},
-                                   phase_flipped=True, snr=0.1, n_gold=5, n_vesicles=1, seed=2),
+                                   phase_flipped=True, snr=0.15, n_gold=5, n_vesicles=1, seed=2),
     # another template: 20S proteasomes at 12 Å among ribosomes, RuBisCO and 6pxm
     "proteasome_12A": dict(target="3j9i", shape_zyx=(80, 160, 160), pixel_size_a=12.0,
                            n_targets=25, distractors={"4v4r": 8, "1bxn": 15, "6pxm": 10},

@@ -289,7 +289,8 @@ def wedge_ctf_weight(box_px: int, pixel_size_a: float, tilt_range_deg: tuple[flo
 
 def radial_power_spectrum(volume: np.ndarray, *,
                           weight: Callable[[tuple[int, ...]], np.ndarray] | None = None,
-                          max_voxels: int = 2**24) -> tuple[np.ndarray, np.ndarray]:
+                          max_voxels: int = 2**24,
+                          clip_sigma: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean power |F(k)|² in shells of |k| (cycles/pixel) of a volume, edge-tapered.
 
     Parameters
@@ -300,6 +301,9 @@ def radial_power_spectrum(volume: np.ndarray, *,
     weight : callable(shape) -> rfft-grid array, optional
         Only grid points where it exceeds 0.5 count (e.g. the measured wedge): a missing wedge
         would otherwise lower every shell's mean.
+    clip_sigma : float, optional
+        Clip values beyond this many robust standard deviations (median/MAD) first, so that a
+        few very dense objects (gold beads) do not make the spectrum theirs.
 
     Returns
     -------
@@ -317,6 +321,10 @@ def radial_power_spectrum(volume: np.ndarray, *,
     block = tuple(slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(volume.shape, shape,
                                                                            strict=True))
     data = np.asarray(volume[block], dtype=np.float32)
+    if clip_sigma is not None:
+        median = float(np.median(data))
+        spread = 1.4826 * float(np.median(np.abs(data - median))) or float(data.std()) or 1.0
+        data = np.clip(data, median - clip_sigma * spread, median + clip_sigma * spread)
     data = (data - data.mean()) * cosine_taper(data.shape, 0.1)
     power = np.abs(scipy.fft.rfftn(data, workers=-1)) ** 2
     kz, ky, kx = rfft_frequencies(data.shape)
@@ -326,8 +334,8 @@ def radial_power_spectrum(volume: np.ndarray, *,
     keep = np.ones(power.shape, dtype=bool) if weight is None else (
         np.broadcast_to(weight(data.shape), power.shape) > 0.5)
     count = np.bincount(shell[keep], minlength=shell.max() + 1)
-    total = np.bincount(shell[keep], weights=power[keep], minlength=shell.max() + 1)
     frequencies = np.arange(count.size) * step
+    total = np.bincount(shell[keep], weights=power[keep], minlength=shell.max() + 1)
     return frequencies, np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 

@@ -44,7 +44,7 @@ def whitening_profile(tomogram: np.ndarray,
     """
     weight = (lambda shape: fourier.wedge_taper(shape, *tilt_range_deg)) if tilt_range_deg \
         else None
-    frequencies, power = fourier.radial_power_spectrum(tomogram, weight=weight)
+    frequencies, power = fourier.radial_power_spectrum(tomogram, weight=weight, clip_sigma=4.0)
     positive = power[1:][power[1:] > 0]
     floor = 1e-4 * float(np.median(positive)) if positive.size else 1.0
     gain = 1.0 / np.sqrt(np.maximum(power, floor))
@@ -266,13 +266,61 @@ def auto_threshold(scores: np.ndarray, method: str = "auto", n_false: float = 1.
             if peak_values.size < 20:
                 return median + k_sigma * sigma
             noise = fit_noise_peaks(peak_values, n_false)
-        return noise.threshold
+            values = peak_values
+        else:
+            _, values = peaks_.find_peaks(scores, max(3.0, border_px), noise.threshold, 10**7,
+                                          border_px)
+        return max(noise.threshold, split_populations(values[values >= noise.threshold]))
     if method == "sigma":
         return median + k_sigma * sigma
     if method == "extreme":
         return median + float(erfcinv(2.0 * n_false / values.size) * np.sqrt(2.0)) * sigma
     peaks = inner[(inner >= ndimage.maximum_filter(inner, size=5)) & (inner > median)]
     return _otsu(peaks) if peaks.size > 2 else median + k_sigma * sigma
+
+
+def split_populations(values: np.ndarray, min_separation: float = 2.0) -> float:
+    """Level between two clearly separate groups of peak scores, or -inf when there is one.
+
+    Above the noise, other structures that resemble the template (of similar size and
+    shape) score too, but lower than the template's own particles. A mixture of two Gaussians
+    is fitted (EM) and kept when the Bayesian information criterion prefers it to one Gaussian
+    and the groups are bimodal (Ashman's D = √2 |μ₁ − μ₂| / √(σ₁² + σ₂²) above
+    ``min_separation``); the level is where the two weighted densities cross.
+    """
+    values = np.sort(np.asarray(values, dtype=float))
+    n = values.size
+    if n < 8:
+        return -np.inf
+    split = _otsu(values, bins=min(64, n))
+    low, high = values[values < split], values[values >= split]
+    if low.size < 2 or high.size < 2:
+        return -np.inf
+    weight = np.array([low.size, high.size], dtype=float) / n
+    mean = np.array([low.mean(), high.mean()])
+    floor = 1e-3 * (values[-1] - values[0] + 1e-12)
+    std = np.maximum([low.std(), high.std()], floor)
+    for _ in range(100):
+        density = weight * np.exp(-0.5 * ((values[:, None] - mean) / std) ** 2) / std
+        total = density.sum(axis=1, keepdims=True) + 1e-300
+        resp = density / total
+        counts = resp.sum(axis=0) + 1e-12
+        weight, mean = counts / n, (resp * values[:, None]).sum(axis=0) / counts
+        std = np.maximum(np.sqrt((resp * (values[:, None] - mean) ** 2).sum(axis=0) / counts),
+                         floor)
+    log_two = float(np.log(total).sum()) - n * 0.5 * np.log(2 * np.pi)
+    one_std = max(values.std(), floor)
+    log_one = float(-0.5 * (((values - values.mean()) / one_std) ** 2).sum()
+                    - n * np.log(one_std) - n * 0.5 * np.log(2 * np.pi))
+    bic_two, bic_one = -2 * log_two + 5 * np.log(n), -2 * log_one + 2 * np.log(n)
+    ashman = np.sqrt(2) * abs(mean[1] - mean[0]) / np.sqrt((std**2).sum())
+    upper = int(np.argmax(mean))
+    if bic_two >= bic_one or ashman < min_separation or counts[upper] < 3:
+        return -np.inf
+    grid = np.linspace(mean.min(), mean.max(), 512)
+    density = weight * np.exp(-0.5 * ((grid[:, None] - mean) / std) ** 2) / std
+    favours_upper = density[:, upper] >= density[:, 1 - upper]
+    return float(grid[int(np.argmax(favours_upper))])
 
 
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
