@@ -82,7 +82,7 @@ def main() -> None:
         write_volume(volume)
         print(f"wrote {volume.stat().st_size / 2**30:.2f} GiB test tomogram "
               f"{SIZE_ZYX[2]}x{SIZE_ZYX[1]}x{SIZE_ZYX[0]} in {time.perf_counter() - started:.1f} s")
-        client = TestClient(create_app(project.root))
+        client = TestClient(create_app(project.root), base_url="http://127.0.0.1")
         relative = volume.relative_to(project.root).as_posix()
         started = time.perf_counter()
         first = client.get("/api/volume/slice", params={"path": relative, "axis": "z"})

@@ -87,9 +87,19 @@ def web_project(tmp_path_factory) -> dict[str, Any]:
     return make_web_project(tmp_path_factory.mktemp("web") / "proj")
 
 
+LOCAL = "http://127.0.0.1"
+
+
+def local_client(app) -> TestClient:
+    """A client that talks to the app as the GUI's own page does (loopback Host, same Origin)."""
+    return TestClient(app, base_url=LOCAL, headers={"Origin": LOCAL})
+
+
 @pytest.fixture(scope="module")
 def client(web_project) -> TestClient:
-    return TestClient(create_app(web_project["project"].root))
+    # the import links to a stack outside the project: its folder is allowed, as a user would
+    return local_client(create_app(web_project["project"].root,
+                                   allowed_dirs=[web_project["stack"].parent]))
 
 
 def test_paths_outside_the_project_are_refused(client, web_project, tmp_path):
@@ -126,7 +136,7 @@ def test_token_is_required_when_set():
 
 def test_token_protects_every_request(web_project):
     app = create_app(web_project["project"].root, token="s3cret-token")
-    with TestClient(app) as anonymous:
+    with local_client(app) as anonymous:
         for path in ("/", "/api/graph", "/static/app.js", "/api/protocols"):
             assert anonymous.get(path).status_code == 401, path
         assert anonymous.get("/api/graph", headers={"Authorization": "Bearer wrong"}
@@ -134,7 +144,7 @@ def test_token_protects_every_request(web_project):
         assert anonymous.post("/api/runs", json={"protocol": "tiltseries.bin"}).status_code == 401
         assert anonymous.get("/api/graph", headers={"Authorization": "Bearer s3cret-token"}
                              ).status_code == 200
-    with TestClient(app) as browser:
+    with local_client(app) as browser:
         first = browser.get("/?token=s3cret-token", follow_redirects=False)
         assert first.status_code == 303 and "token" not in first.headers["location"]
         assert browser.get("/api/graph").status_code == 200  # the cookie carries it now

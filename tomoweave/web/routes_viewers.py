@@ -7,24 +7,19 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 
 from tomoweave.web import imaging
+from tomoweave.web.routes_files import project_path
 from tomoweave.web.routes_project import access_of
-from tomoweave.web.security import confined_path
 
 router = APIRouter(prefix="/api")
-SERVED_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-                   ".svg": "image/svg+xml", ".txt": "text/plain", ".log": "text/plain",
-                   ".out": "text/plain", ".json": "application/json", ".star": "text/plain",
-                   ".csv": "text/plain", ".tlt": "text/plain", ".xf": "text/plain",
-                   ".html": "text/html"}
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".rec", ".map")
 PNG_HEADERS = {"Cache-Control": "no-store"}
 
 
 def _mrc_path(request: Request, path: str):
-    resolved = confined_path(access_of(request).root, path)
+    resolved = project_path(request, path)
     if not resolved.name.lower().endswith(MRC_SUFFIXES):
         raise HTTPException(415, f"{path}: not an MRC file")
     return resolved
@@ -87,16 +82,6 @@ async def tilt_image(request: Request, path: str, index: int = 0, binning: int =
     png, factor = await run_in_threadpool(render)
     return Response(png, media_type="image/png",
                     headers={**PNG_HEADERS, "X-Binning": str(factor)})
-
-
-@router.get("/file")
-def project_file(request: Request, path: str) -> FileResponse:
-    """A picture, log or table inside the project (diagnostic PNGs, FSC plots, ...)."""
-    resolved = confined_path(access_of(request).root, path)
-    media_type = SERVED_SUFFIXES.get(resolved.suffix.lower())
-    if media_type is None:
-        raise HTTPException(415, f"{path}: files of type '{resolved.suffix}' are not served")
-    return FileResponse(resolved, media_type=media_type)
 
 
 @router.get("/particles")

@@ -11,8 +11,11 @@ const listeners = new Set();
 let routeCount = 0;
 let cleanup = null;
 
+// Every state-changing request carries the page's cross-site token (see web/security.py).
+const CSRF_TOKEN = document.querySelector('meta[name="tomoweave-csrf"]')?.content || "";
+
 export async function api(path, options = {}) {
-  const init = { headers: {}, ...options };
+  const init = { headers: { "X-Tomoweave-Csrf": CSRF_TOKEN }, ...options };
   if (options.json !== undefined) {
     init.method = options.method || "POST";
     init.headers["Content-Type"] = "application/json";
