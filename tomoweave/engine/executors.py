@@ -66,10 +66,21 @@ class LocalExecutor(Executor):
         self.pool = futures.ProcessPoolExecutor(max_workers=self.n_workers, mp_context=context)
 
     def submit(self, function: Callable, *args: Any) -> futures.Future:
-        return self.pool.submit(function, *args)
+        # The forkserver keeps the environment of the moment it started (often an earlier run in
+        # the same Python session); each task gets the submitter's environment of now, so a
+        # program found through e.g. TOMOWEAVE_RELION is found by the worker too.
+        return self.pool.submit(run_in_environment, dict(os.environ), function, *args)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_in_environment(environment: dict[str, str], function: Callable, *args: Any) -> Any:
+    """Run ``function(*args)`` with ``os.environ`` equal to ``environment``."""
+    if os.environ != environment:
+        os.environ.clear()
+        os.environ.update(environment)
+    return function(*args)
 
 
 class DaskExecutor(Executor):

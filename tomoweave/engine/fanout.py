@@ -14,6 +14,7 @@ Results come back in the order of the items. An exception of one item fails the 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import functools
 import multiprocessing
 import os
 import traceback
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tomoweave.engine.errors import ItemError, TomoweaveError
+from tomoweave.engine.executors import run_in_environment
 
 INLINE, LOCAL, DASK = "inline", "local", "dask"
 _ITEM_TEXT_CHARS = 60
@@ -70,7 +72,8 @@ class FanOut:
         if self.kind == DASK and items:
             outcomes = self._map_dask(function, items)
         elif self.kind == LOCAL and len(items) > 1 and available_cores() > 1:
-            outcomes = list(self._local_pool().map(_call_item, [function] * len(items), items))
+            in_environment = functools.partial(run_in_environment, dict(os.environ), _call_item)
+            outcomes = list(self._local_pool().map(in_environment, [function] * len(items), items))
         else:
             outcomes = [_call_item(function, item) for item in items]
         results = []
