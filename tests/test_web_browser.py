@@ -25,6 +25,7 @@ from tomoweave.formats.mrc import write_mrc
 from tomoweave.model import (
     Acquisition,
     Average,
+    FscShell,
     TiltAlignment,
     TiltImage,
     TiltSeries,
@@ -94,9 +95,11 @@ class TrueAverage(Protocol):
     def process(self, item: Tomogram, params, context: ProcessContext) -> dict:
         frequency = np.linspace(0, 0.5 / item.pixel_size_a, 20)
         fsc = 1 / (1 + np.exp((frequency * item.pixel_size_a - 0.3) * 30))
+        shells = [FscShell(shell=i, frequency_inv_a=f, resolution_a=1 / f if f else None,
+                           fsc=c) for i, (f, c) in enumerate(zip(frequency, fsc))]
         return {"averages": Average(
             name=f"{item.name}_average", path=item.path, pixel_size_a=item.pixel_size_a,
-            size_xyz=item.size_xyz, fsc_frequency_inv_a=frequency.tolist(), fsc=fsc.tolist(),
+            size_xyz=item.size_xyz, fsc=shells,
             resolution_a=item.pixel_size_a / 0.36, particle_count=4)}
 
 

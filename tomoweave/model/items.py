@@ -158,8 +158,30 @@ class Volume(_Item):
     symmetry: str = "C1"
 
 
+class FscShell(BaseModel):
+    """One Fourier shell of a gold-standard FSC (the curves of algorithms.averaging.fsc)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shell: int = Field(ge=0, description="shell index, Fourier voxels from the origin")
+    frequency_inv_a: float = Field(ge=0, description="spatial frequency, 1/Å")
+    resolution_a: float | None = Field(None, description="1 / frequency, Å (None at 0)")
+    fsc: float = Field(description="the FSC whose threshold crossing is the resolution "
+                       "(mask-corrected when a mask was used)")
+    fsc_unmasked: float | None = None
+    fsc_masked: float | None = None
+    fsc_phase_randomised: float | None = Field(
+        None, description="masked FSC of the half maps phase-randomised beyond the "
+        "randomisation shell (Chen et al. 2013)")
+
+
 class Average(_Item):
-    """A subtomogram average with its half maps and gold-standard FSC."""
+    """A subtomogram average: the map, its half maps and mask, and the gold-standard FSC.
+
+    ``path`` is the final (FSC-weighted) map; half maps are unfiltered. Maps are MRC files
+    whose header pixel size is ``pixel_size_a``. ``fsc`` holds one :class:`FscShell` per
+    shell (0 … box // 2), ``resolution_a`` its crossing of ``fsc_threshold``.
+    """
 
     name: str
     path: str
@@ -168,11 +190,21 @@ class Average(_Item):
     half1_path: str | None = None
     half2_path: str | None = None
     mask_path: str | None = None
-    fsc_frequency_inv_a: list[float] | None = None
-    fsc: list[float] | None = None
-    resolution_a: float | None = None
-    particle_count: int | None = None
+    fsc: list[FscShell] | None = None
+    fsc_threshold: float = 0.143
+    resolution_a: float | None = Field(None, gt=0, description="gold-standard resolution, Å")
+    particle_count: int | None = Field(None, ge=0)
     symmetry: str = "C1"
+    iterations: list[dict[str, Any]] | None = Field(
+        None, description="per-iteration statistics of the refinement that made it "
+        "(iteration, resolution_a, angular_step_deg, mean_angular_change_deg, "
+        "mean_shift_change_a, seconds, ...)")
+
+    def fsc_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(frequencies 1/Å, FSC) as arrays, empty when there is no curve."""
+        shells = self.fsc or []
+        return (np.array([s.frequency_inv_a for s in shells], dtype=float),
+                np.array([s.fsc for s in shells], dtype=float))
 
 
 class ClassAverages(_Item):
@@ -198,6 +230,11 @@ class Particle(_Item):
     class_id: int | None = None
     membrane_id: int | None = None
     normal: tuple[float, float, float] | None = None
+    shift_a: tuple[float, float, float] | None = Field(
+        None, description="refined offset (x, y, z) of the particle's centre from the centre "
+        "of its subtomogram box, Å in the tomogram frame; position_a + shift_a is the refined "
+        "centre. None: never refined")
+    half_set: int | None = Field(None, ge=1, le=2, description="gold-standard half set, 1 or 2")
 
     @field_validator("rotation")
     @classmethod
@@ -210,6 +247,13 @@ class Particle(_Item):
     @property
     def rotation_matrix(self) -> np.ndarray:
         return np.asarray(self.rotation, dtype=float)
+
+    @property
+    def refined_position_a(self) -> tuple[float, float, float]:
+        """position_a + shift_a: the particle's centre after refinement, Å."""
+        if self.shift_a is None:
+            return self.position_a
+        return tuple(float(p + s) for p, s in zip(self.position_a, self.shift_a))
 
 
 class Subtomogram(_Item):

@@ -66,11 +66,16 @@ export async function showAverage(view, runId, output, key) {
       average.resolution_a ? ` · ${fmt(average.resolution_a, 1)} Å (FSC 0.143)` : "",
       average.particle_count ? ` · ${average.particle_count} particles` : ""))),
   el("div", { class: "panel" }, slices));
-  if (average.fsc && average.fsc_frequency_inv_a) {
+  if (average.fsc && average.fsc.length) {
     const canvas = el("canvas", { id: "fsc-plot", width: 760, height: 360, style: "width:100%;max-width:760px" });
     view.append(el("div", { class: "panel" }, el("h2", {}, "Gold-standard FSC"), canvas));
-    plot(canvas, [{ name: "fsc", line: true, colour: "#2b6cb0", points: average.fsc_frequency_inv_a.map((f, i) => [f, average.fsc[i]]) }],
+    const series = [{ name: "fsc", line: true, colour: "#2b6cb0", points: average.fsc.map((s) => [s.frequency_inv_a, s.fsc]) }];
+    if (average.fsc.some((s) => s.fsc_phase_randomised !== null && s.fsc_phase_randomised !== undefined)) {
+      series.push({ name: "phase-randomised", line: true, colour: "#a0aec0",
+        points: average.fsc.filter((s) => s.fsc_phase_randomised !== null).map((s) => [s.frequency_inv_a, s.fsc_phase_randomised]) });
+    }
+    plot(canvas, series,
       { xLabel: "resolution (Å)", yLabel: "FSC", yRange: [-0.1, 1.05], xTick: (f) => (f > 0 ? fmt(1 / f, 1) : "∞"),
-        hLines: [{ y: 0.143, colour: "#c53030", label: "0.143" }] });
+        hLines: [{ y: average.fsc_threshold || 0.143, colour: "#c53030", label: String(average.fsc_threshold || 0.143) }] });
   }
 }
