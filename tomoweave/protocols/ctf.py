@@ -102,6 +102,8 @@ class AssessParams(BaseModel):
     keep_tilts: list[float] = param([], help="tilts to keep whatever the rules say (angles in ° "
                                     "or indices, see 'by')")
     drop_tilts: list[float] = param([], help="tilts to drop whatever the rules say")
+    series: list[str] = param([], help="names of the series keep/drop apply to (empty: every "
+                              "series); the others follow the rules only")
     by: Literal["angle", "index"] = param("angle", choices=["angle", "index"],
                                           help="whether keep/drop list angles or 0-based indices")
     mode: Literal["remove", "mark"] = param("remove", choices=["remove", "mark"], help="remove "
@@ -128,12 +130,14 @@ class CtfAssess(Protocol):
             raise ItemError(f"{item.name}: tilts {missing} have no CTF (run ctf.estimate first)")
         ctfs = [t.ctf for t in item.tilts]
         angles = [t.tilt_deg for t in item.tilts]
+        chosen = not params.series or item.name in params.series  # a choice is per series
         try:
             verdict = apply_overrides(
                 assess_ctf([c.defocus_u_a for c in ctfs], [c.defocus_v_a for c in ctfs],
                            [c.fit_resolution_a for c in ctfs], params.tolerance,
                            params.max_fit_resolution_a or None),
-                angles, params.keep_tilts, params.drop_tilts, params.by)
+                angles, params.keep_tilts if chosen else (),
+                params.drop_tilts if chosen else (), params.by)
         except ValueError as error:
             raise ItemError(f"{item.name}: {error}") from error
         flagged = np.nonzero(verdict.flagged)[0].tolist()

@@ -120,8 +120,14 @@ class CtfAssistant {
     // the person's choice is final: every checked tilt kept, every other dropped (by stack index)
     const kept = tilts.filter((t) => st.keep.get(t.stackIndex)).map((t) => t.stackIndex);
     const dropped = tilts.filter((t) => !st.keep.get(t.stackIndex)).map((t) => t.stackIndex);
-    const wanted = { tolerance: st.tolerance, keep_tilts: kept, drop_tilts: dropped, by: "index" };
+    // ... of this series only: the other series of the input follow the rules (issue 18.1)
+    const wanted = { tolerance: st.tolerance, keep_tilts: kept, drop_tilts: dropped, by: "index", series: [this.key] };
     const declared = assess.params.properties || {};
+    if (!("series" in declared)) {
+      message.className = "status-line error";
+      message.textContent = `${ASSESS_PROTOCOL} here cannot limit a choice to one series: not launched`;
+      return;
+    }
     const params = Object.fromEntries(Object.entries(wanted).filter(([name]) => name in declared));
     // a few numbers per series: inline avoids starting a worker pool
     const body = { protocol: ASSESS_PROTOCOL, inputs: {}, params, executor: "inline" };

@@ -1,0 +1,59 @@
+"""Issue 18, "wrong or unsafe today": each fix driven in headless Chromium on a simulated
+project of two tilt series (the CTF assistant's choice stays on its series, ...)."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+from test_web_browser import OFF_TILT_INDEX, TrueCtf
+from web_serving import chromium_page, serve
+
+from tomoweave.api import Project
+from tomoweave.engine.registry import register_protocol
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def two_series(tmp_path_factory):
+    register_protocol(TrueCtf)
+    project = Project.init(tmp_path_factory.mktemp("fixes") / "proj")
+    simulated = project.run("simulate", params={"preset": "tiny", "n_series": 2},
+                            executor="inline")
+    with_ctf = project.run(TrueCtf.name, inputs={"tilt_series": f"{simulated.name}.tilt_series"},
+                           executor="inline")
+    assert simulated.state == with_ctf.state == "finished"
+    with serve(project.root) as url:
+        yield {"url": url, "project": project, "simulated": simulated, "with_ctf": with_ctf}
+
+
+@pytest.fixture(scope="module")
+def page(two_series):
+    with chromium_page() as page:
+        yield page
+
+
+def test_ctf_choice_on_one_series_leaves_the_other_alone(two_series, page):
+    """Issue 18.1: unchecking a tilt of TS_02 and accepting drops it from TS_02 only."""
+    project, with_ctf = two_series["project"], two_series["with_ctf"]
+    series = {s.name: s for s in project.items(with_ctf)}
+    assert sorted(series) == ["TS_01", "TS_02"]
+    page.goto(two_series["url"] + f"#/ctf/{with_ctf.id}/tilt_series/TS_02")
+    expect(page.locator(".page-head h1")).to_contain_text("TS_02")
+    box = page.locator('table.data input[type=checkbox][data-index="0"]')
+    expect(box).to_be_checked()
+    box.uncheck()
+    page.click("#assess-button")
+    page.wait_for_url("**/#/run/*")
+    expect(page.locator(".page-head .badge")).to_have_attribute("data-state", "finished",
+                                                               timeout=45_000)
+    run = project.get_run(page.url.rsplit("/", 1)[1])
+    assert run.protocol == "ctf.assess" and run.params["series"] == ["TS_02"]
+    bad = {s.name: s for s in project.items(run, "bad")}
+    angles = {name: [t.tilt_deg for t in s.tilts] for name, s in series.items()}
+    # TS_01: only the tilt the rules flag (its defocus is 60 % off); TS_02: that one and tilt 0
+    assert [t.tilt_deg for t in bad["TS_01"].tilts] == [angles["TS_01"][OFF_TILT_INDEX]]
+    assert sorted(t.tilt_deg for t in bad["TS_02"].tilts) == sorted(
+        [angles["TS_02"][0], angles["TS_02"][OFF_TILT_INDEX]])
+    good = {s.name: s for s in project.items(run, "good")}
+    assert len(good["TS_01"].tilts) == len(angles["TS_01"]) - 1
