@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tomoweave.formats.mrc import MrcError, mrc_header_info
+from tomoweave.formats.mrc import MrcError, mrc_header_info, read_mrc, write_mrc
 from tomoweave.formats.relion_particles import (
     ANGLES,
     CENTRED,
@@ -266,3 +266,40 @@ def write_relion31_subtomograms(path: str | Path, subtomograms: Sequence[Subtomo
         table["rlnRandomSubset"] = halves
     write_star_blocks(path, {"optics": optics, "particles": pd.DataFrame(table)})
     return path
+
+
+def export_relion31_folder(out: str | Path, subtomograms: Sequence[Subtomogram],
+                           resolve_path: Callable[[str], Path | str], *,
+                           voltage_kv: float = 300.0, spherical_aberration_mm: float = 2.7,
+                           amplitude_contrast: float = 0.07) -> Path:
+    """``out/particles.star`` for RELION 3.1's relion_refine and relion_reconstruct.
+
+    RELION 3.1 squares ``rlnCtfImage`` for the weight, also for CTF-premultiplied data, so a
+    premultiplied subtomogram's weight (Σ CTF²) is written as its square root into
+    ``out/ctf/``; plain subtomograms' CTF images are named as they are.
+
+    Parameters
+    ----------
+    out : folder to write into (created).
+    subtomograms : one box size and pixel size.
+    resolve_path : turns the items' stored paths into files.
+    voltage_kv, spherical_aberration_mm, amplitude_contrast : the optics table's values
+        (kV, mm, fraction).
+
+    Raises
+    ------
+    ValueError
+        Several box sizes, no subtomograms, or an unreadable weight (MrcError).
+    """
+    out = Path(out)
+    written = []
+    for item in subtomograms:
+        if item.ctf_premultiplied and item.weight_path:
+            weight, _ = read_mrc(resolve_path(item.weight_path))
+            root = np.sqrt(np.maximum(weight, 0.0)).astype(np.float32)
+            path = write_mrc(out / "ctf" / f"{item.name}_ctf.mrc", root, item.pixel_size_a)
+            item = item.model_copy(update={"weight_path": str(path.resolve())})
+        written.append(item)
+    return write_relion31_subtomograms(
+        out / "particles.star", written, resolve_path, voltage_kv=voltage_kv,
+        spherical_aberration_mm=spherical_aberration_mm, amplitude_contrast=amplitude_contrast)

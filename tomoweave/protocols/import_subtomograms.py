@@ -31,8 +31,8 @@ from tomoweave.engine import (
 )
 from tomoweave.formats.mrc import MrcError, read_mrc, write_mrc
 from tomoweave.formats.relion_subtomograms import (
+    export_relion31_folder,
     read_relion31_subtomograms,
-    write_relion31_subtomograms,
 )
 from tomoweave.formats.star_io import StarFormatError
 from tomoweave.model import Particle, Subtomogram, particles_by_tomogram
@@ -149,19 +149,13 @@ class ExportRelion31(Protocol):
 
     def process(self, payload: dict, params: ExportRelion31Params,
                 context: ProcessContext) -> dict[str, Any]:
-        out = Path(params.out)
         subtomograms = list(context.inputs["subtomograms"])
-        written = []
-        for item in subtomograms:
-            if item.ctf_premultiplied and item.weight_path:
-                root = np.sqrt(np.maximum(_read(str(context.resolve(item.weight_path)), item),
-                                          0.0))
-                path = write_mrc(out / "ctf" / f"{item.name}_ctf.mrc", root, item.pixel_size_a)
-                item = item.model_copy(update={"weight_path": str(path.resolve())})
-            written.append(item)
-        star = write_relion31_subtomograms(
-            out / "particles.star", written, context.resolve, voltage_kv=params.voltage_kv,
-            spherical_aberration_mm=params.spherical_aberration_mm,
-            amplitude_contrast=params.amplitude_contrast)
-        context.log(f"{len(written)} subtomograms -> {star}")
+        try:
+            star = export_relion31_folder(
+                params.out, subtomograms, context.resolve, voltage_kv=params.voltage_kv,
+                spherical_aberration_mm=params.spherical_aberration_mm,
+                amplitude_contrast=params.amplitude_contrast)
+        except MrcError as error:
+            raise ItemError(f"rlnCtfImage {error}") from None
+        context.log(f"{len(subtomograms)} subtomograms -> {star}")
         return {}
