@@ -139,3 +139,23 @@ def orientation_errors_deg(truth: SeriesTruth, particles: Sequence[Particle],
     return np.array([rotation_angle_between_deg(np.array(chosen[r].rotation),
                                                 particles[c].rotation_matrix)
                      for r, c in zip(rows, cols, strict=True)])
+
+
+def adjusted_rand_index(labels_a: np.ndarray, labels_b: np.ndarray) -> float:
+    """Adjusted Rand index of two partitions of the same items (Hubert & Arabie 1985): 1 for
+    identical partitions (whatever the label names), about 0 for independent ones."""
+    a = np.unique(np.asarray(labels_a).ravel(), return_inverse=True)[1]
+    b = np.unique(np.asarray(labels_b).ravel(), return_inverse=True)[1]
+    if len(a) != len(b):
+        raise ValueError(f"partitions of {len(a)} and {len(b)} items")
+    table = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(table, (a, b), 1)
+
+    def pairs(x):
+        return float(np.sum(x * (x - 1) / 2.0))
+
+    both, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+    total = len(a) * (len(a) - 1) / 2.0
+    expected = rows * cols / total if total else 0.0
+    maximum = 0.5 * (rows + cols)
+    return 1.0 if maximum == expected else float((both - expected) / (maximum - expected))
