@@ -57,3 +57,45 @@ def test_ctf_choice_on_one_series_leaves_the_other_alone(two_series, page):
         [angles["TS_02"][0], angles["TS_02"][OFF_TILT_INDEX]])
     good = {s.name: s for s in project.items(run, "good")}
     assert len(good["TS_01"].tilts) == len(angles["TS_01"]) - 1
+
+
+def test_rerun_of_a_cli_run_keeps_its_input(two_series, page):
+    """Issue 18.4: a run given "RUN" (as the CLI and workflows do) re-runs from the form with its
+    input selected as RUN.OUTPUT, and the launch works."""
+    project, simulated = two_series["project"], two_series["simulated"]
+    cli_run = project.run("tiltseries.bin", inputs={"tilt_series": simulated.name},
+                          params={"binning": 2}, executor="inline")
+    assert cli_run.record.inputs["references"] == {"tilt_series": simulated.name}
+    page.goto(two_series["url"] + f"#/run/{cli_run.id}")
+    page.click("#rerun-button")
+    select = page.locator('[data-field="inputs.tilt_series"] select')
+    expect(select).to_have_value(f"{simulated.name}.tilt_series")
+    page.fill("#run-name", "rebinned")
+    page.fill("#param-binning", "4")
+    page.select_option("#run-executor", "inline")
+    page.click("#launch-button")
+    page.wait_for_url("**/#/run/*")
+    expect(page.locator(".page-head .badge")).to_have_attribute("data-state", "finished",
+                                                               timeout=45_000)
+    rerun = project.get_run("rebinned")
+    assert rerun.record.inputs["references"] == {"tilt_series": f"{simulated.name}.tilt_series"}
+    source = project.items(simulated, "tilt_series")[0]
+    assert project.items(rerun)[0].pixel_size_a == pytest.approx(4 * source.pixel_size_a)
+
+
+def test_a_cleared_number_is_an_error_not_the_default(two_series, page):
+    """Issue 18.5: emptying a number box stops the launch with an error beside the field that
+    names the default; nothing is created."""
+    project = two_series["project"]
+    runs_before = len(project.runs())
+    page.goto(two_series["url"] + "#/new/tiltseries.bin")
+    binning = page.locator("#param-binning")
+    expect(binning).to_have_value("2")
+    binning.fill("")
+    page.click("#launch-button")
+    expect(page.locator('[data-error-for="params.binning"]')).to_have_text(
+        "enter a number (the default is 2)")
+    expect(page.locator('[data-field="params.binning"]')).to_have_class("form-row invalid")
+    expect(page.locator("#form-error")).to_contain_text("correct the highlighted field")
+    assert len(project.runs()) == runs_before
+    assert page.url.endswith("#/new/tiltseries.bin")

@@ -123,19 +123,24 @@ def run_details(request: Request, run_id: int) -> dict[str, Any]:
     record = run.record
     details = run_summary(project, run)
     names = {r.id: r.name for r in project.catalog.runs()}
-    set_runs = {}
+    set_runs, set_references = {}, {}
     for set_ids in record.inputs.get("set_ids", {}).values():
         for set_id in set_ids:
             try:
-                set_runs[set_id] = project.catalog.set_by_id(set_id).run_id
+                found = project.catalog.set_by_id(set_id)
             except KeyError:
                 continue
+            set_runs[set_id] = found.run_id
+            set_references[set_id] = f"{names.get(found.run_id)}.{found.output}"
     details.update(
         params=record.params, provenance=record.provenance, error=record.error,
         executor=record.executor, pid=record.pid,
         input_runs={name: [{"run_id": set_runs.get(i), "run": names.get(set_runs.get(i))}
                            for i in ids]
                     for name, ids in record.inputs.get("set_ids", {}).items()},
+        # RUN.OUTPUT of each set read, whatever form the run was given (the CLI stores "RUN")
+        input_references={name: [set_references[i] for i in ids if i in set_references]
+                          for name, ids in record.inputs.get("set_ids", {}).items()},
         journal=[{"task": t, "state": j["state"], "error": j["error"], "attempts": j["attempts"],
                   "progress": j.get("progress"), "message": j.get("message"),
                   "seconds": (j["finished"] - j["started"]) if j["finished"] and j["started"]

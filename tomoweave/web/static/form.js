@@ -76,8 +76,10 @@ function row(field, labelNode, control, helpText, extra) {
 
 async function inputRow(name, spec, chosen) {
   const options = await api(`/api/outputs?type=${encodeURIComponent(spec.type)}`);
+  const missing = chosen && !options.some((o) => o.reference === chosen);
   const select = el("select", { id: `input-${name}`, name },
     el("option", { value: "" }, options.length ? `— choose ${spec.type} —` : `no ${spec.type} outputs in this project yet`),
+    missing ? el("option", { value: "", selected: true, disabled: true }, `${chosen} (read before, no longer in the project)`) : "",
     options.map((o) => el("option", { value: o.reference, selected: o.reference === chosen },
       `${o.run} · ${o.output} — ${o.count} ${o.type}${o.count === 1 ? "" : "s"} (${o.state === "open" ? "still growing" : o.run_state})`)));
   // newest output first: the usual next step reads what was made last
@@ -160,36 +162,59 @@ function runPanel(info, fromRun) {
   return { node, nameInput, executor, message, launch };
 }
 
+// A cleared number box is an error, never silently the default (issue 18.5).
+function emptyNumberError(built) {
+  const s = built.schema;
+  if (!["number", "integer"].includes(s.type) || s.nullable || built.control.value.trim() !== "") return null;
+  const fallback = s.default === undefined ? "" : ` (the default is ${s.default})`;
+  return `enter a number${fallback}`;
+}
+
 function requestBody(info, inputs, params, run) {
   const body = { protocol: info.name, inputs: {}, params: {}, executor: run.executor.value };
+  const errors = [];
   for (const [name, select] of Object.entries(inputs.selects)) if (select.value) body.inputs[name] = select.value;
   for (const [name, built] of Object.entries(params.built)) {
+    const empty = emptyNumberError(built);
+    if (empty) { errors.push({ field: `params.${name}`, message: empty }); continue; }
     const value = readControl(built.control, built.schema);
     if (value === "" && !params.required.has(name)) continue;
     body.params[name] = value;
   }
   if (run.nameInput.value.trim()) body.name = run.nameInput.value.trim();
-  return body;
+  return { body, errors };
 }
 
-async function submit(form, body, run) {
+function showFormErrors(form, run, detail) {
+  const placed = showFieldErrors(form, detail);
+  run.message.replaceChildren(el("div", { class: "error-text", id: "form-error" },
+    placed ? "Please correct the highlighted field." : detail.message));
+  if (placed && detail.message) run.message.firstChild.append(el("div", { class: "muted" }, detail.message));
+}
+
+async function submit(form, { body, errors }, run) {
   run.message.textContent = "";
+  if (errors.length) {
+    showFormErrors(form, run, { errors, message: `${errors[0].field}: ${errors[0].message}` });
+    return;
+  }
   run.launch.disabled = true;
   try {
     const created = await api("/api/runs", { json: body });
     location.hash = `#/run/${created.id}`;
   } catch (error) {
-    const placed = showFieldErrors(form, error.detail);
-    run.message.replaceChildren(el("div", { class: "error-text", id: "form-error" },
-      placed ? "Please correct the highlighted field." : error.message));
-    if (placed) run.message.firstChild.append(el("div", { class: "muted" }, error.message));
+    const detail = error.detail && typeof error.detail === "object" ? error.detail : {};
+    showFormErrors(form, run, { ...detail, message: error.message });
   } finally { run.launch.disabled = false; }
 }
 
 export async function showForm(view, protocolName, query) {
   const info = await api(`/api/protocols/${encodeURIComponent(protocolName)}`);
   const fromRun = query.get("from") ? await api(`/api/runs/${Number(query.get("from"))}`) : null;
-  const inputs = await inputsPanel(info, fromRun ? fromRun.inputs : {});
+  // the sets the run read, as RUN.OUTPUT (a CLI or workflow run may have been given just "RUN")
+  const previousInputs = fromRun ? Object.fromEntries(Object.entries(fromRun.input_references || {})
+    .map(([name, refs]) => [name, refs[0] ?? fromRun.inputs[name]])) : {};
+  const inputs = await inputsPanel(info, previousInputs);
   const params = paramsPanel(info, fromRun ? fromRun.params : {});
   const run = runPanel(info, fromRun);
   const form = el("form", { id: "protocol-form", novalidate: true }, inputs.node, params.node, run.node);
