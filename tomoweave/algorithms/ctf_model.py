@@ -68,17 +68,37 @@ def ctf_at_frequencies(
     amplitude_contrast: float = 0.07,
     phase_shift_deg: float = 0.0,
 ) -> np.ndarray:
-    """CTF value at frequencies (fx, fy) in 1/Å (arrays broadcast together)."""
+    """CTF value at frequencies (fx, fy) in 1/Å (arrays broadcast together): -sin(chi)."""
+    return -np.sin(ctf_phase(fx, fy, defocus_u_a, defocus_v_a, astigmatism_angle_deg,
+                             voltage_kv, spherical_aberration_mm, amplitude_contrast,
+                             phase_shift_deg))
+
+
+def ctf_phase(
+    fx: np.ndarray,
+    fy: np.ndarray,
+    defocus_u_a: float | np.ndarray,
+    defocus_v_a: float | np.ndarray,
+    astigmatism_angle_deg: float | np.ndarray = 0.0,
+    voltage_kv: float = 300.0,
+    spherical_aberration_mm: float = 2.7,
+    amplitude_contrast: float = 0.07,
+    phase_shift_deg: float | np.ndarray = 0.0,
+) -> np.ndarray:
+    """Phase chi (radians) of the CTF = -sin(chi) at frequencies (fx, fy) in 1/Å.
+
+    chi = π λ D(θ) f² − π Cs λ³ f⁴ / 2 + amplitude phase + phase shift, with D(θ) the defocus
+    along the direction θ of the frequency (astigmatism); a defocus change δ adds π λ δ f².
+    """
     wavelength_a = electron_wavelength_a(voltage_kv)
     cs_a = spherical_aberration_mm * 1e7
     f2 = fx * fx + fy * fy
     angle = np.arctan2(fy, fx) - np.radians(astigmatism_angle_deg)
     defocus_a = 0.5 * (defocus_u_a + defocus_v_a + (defocus_u_a - defocus_v_a) * np.cos(2 * angle))
     amplitude_phase = np.arctan2(amplitude_contrast, np.sqrt(1.0 - amplitude_contrast**2))
-    chi = (
+    return (
         np.pi * wavelength_a * defocus_a * f2
         - 0.5 * np.pi * cs_a * wavelength_a**3 * f2 * f2
         + amplitude_phase
         + np.radians(phase_shift_deg)
     )
-    return -np.sin(chi)

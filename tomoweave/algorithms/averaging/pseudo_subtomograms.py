@@ -114,7 +114,8 @@ class PseudoSubtomogram:
 
 def pseudo_subtomogram(images: np.ndarray, matrices: np.ndarray, optics: TiltSeriesOptics,
                        image_pixel_size_a: float, position_a: np.ndarray, box_px: int, *,
-                       binning: float = 1.0) -> PseudoSubtomogram:
+                       binning: float = 1.0, offsets_a: np.ndarray | None = None,
+                       defocus_offset_a: float = 0.0) -> PseudoSubtomogram:
     """Pseudo-subtomogram of one particle from its tilt series.
 
     Parameters
@@ -134,12 +135,20 @@ def pseudo_subtomogram(images: np.ndarray, matrices: np.ndarray, optics: TiltSer
         Output box (even), at ``image_pixel_size_a × binning`` Å/px.
     binning : float ≥ 1
         Patches are cut at ``round(box_px × binning)`` px (even) and their spectra cropped.
+    offsets_a : (T, 2), optional
+        Extra displacement (x, y) of the particle in each image beyond the projection, Å: a
+        field deformation or the particle's own motion (tilt_refinement).
+    defocus_offset_a : float
+        The particle's defocus beyond its height (tilt_refinement's per-particle offset), Å.
     """
     if binning < 1:
         raise ValueError(f"binning {binning}: expected ≥ 1")
     source_px = source_box_px(box_px, binning)
     pixel_out_a = image_pixel_size_a * source_px / box_px
     image_a, heights_a, rotations = particle_in_tilts(matrices, position_a)
+    if offsets_a is not None:
+        image_a = image_a + np.asarray(offsets_a, dtype=float).reshape(-1, 2)
+    heights_a = heights_a + float(defocus_offset_a)
     n_tilts, ny, nx = images.shape
     centres_px = image_a / image_pixel_size_a + np.array([nx // 2, ny // 2])
     slices = np.empty((n_tilts, box_px, box_px), dtype=np.complex64)
