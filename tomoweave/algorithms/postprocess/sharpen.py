@@ -148,8 +148,8 @@ def bfactor_filter(box_px: int, pixel_size_a: float, bfactor_a2: float) -> np.nd
 def sharpen_half_maps(half1: np.ndarray, half2: np.ndarray, pixel_size_a: float, *,
                       mask: np.ndarray | None = None, bfactor_a2: float | None = None,
                       guinier_range_a: tuple[float, float] | None = None,
-                      fsc_weighted: bool = True, edge_width_shells: float = 2.0,
-                      seed: int = 0) -> SharpenResult:
+                      fsc_weighted: bool = True, guinier_masked: bool = True,
+                      edge_width_shells: float = 2.0, seed: int = 0) -> SharpenResult:
     """FSC, B-factor and the sharpened, low-passed map of two half maps.
 
     Parameters
@@ -165,6 +165,9 @@ def sharpen_half_maps(half1: np.ndarray, half2: np.ndarray, pixel_size_a: float,
         Range of the fit; None: :func:`automatic_guinier_range`.
     fsc_weighted : bool
         Weight the map by sqrt(2 FSC / (1 + FSC)) before the fit and the correction.
+    guinier_masked : bool
+        Fit the Guinier plot of the masked mean map (when a mask is given); False fits the
+        unmasked one, as RELION 3.1 does.
     edge_width_shells : float
         Width of the raised-cosine edge of the final low-pass, in Fourier shells (RELION: 2).
     seed : int
@@ -176,7 +179,8 @@ def sharpen_half_maps(half1: np.ndarray, half2: np.ndarray, pixel_size_a: float,
     spectrum = scipy.fft.rfftn(mean, workers=-1)
     weighting = (fourier.shell_filter(fourier.fsc_weighting(fsc.corrected), box)
                  if fsc_weighted else np.float32(1.0))
-    fitted = spectrum if mask is None else scipy.fft.rfftn(mean * mask, workers=-1)
+    masked_fit = mask is not None and guinier_masked
+    fitted = scipy.fft.rfftn(mean * mask, workers=-1) if masked_fit else spectrum
     s2, ln_plain = guinier_curve(fitted, box, pixel_size_a)
     _, ln_weighted = guinier_curve(fitted * weighting, box, pixel_size_a)
     spectrum = spectrum * weighting
@@ -192,6 +196,6 @@ def sharpen_half_maps(half1: np.ndarray, half2: np.ndarray, pixel_size_a: float,
     sharpened = scipy.fft.irfftn(spectrum, s=(box,) * 3, workers=-1).astype(np.float32)
     masked = None if mask is None else (sharpened * mask).astype(np.float32)
     _, ln_sharpened = guinier_curve(
-        spectrum if masked is None else scipy.fft.rfftn(masked, workers=-1), box, pixel_size_a)
+        scipy.fft.rfftn(masked, workers=-1) if masked_fit else spectrum, box, pixel_size_a)
     return SharpenResult(sharpened, masked, fsc, guinier, s2, ln_plain, ln_weighted,
                          ln_sharpened)
