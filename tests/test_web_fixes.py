@@ -3,6 +3,7 @@ project of two tilt series (the CTF assistant's choice stays on its series, ...)
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 from test_web_browser import OFF_TILT_INDEX, TrueCtf
@@ -99,3 +100,37 @@ def test_a_cleared_number_is_an_error_not_the_default(two_series, page):
     expect(page.locator("#form-error")).to_contain_text("correct the highlighted field")
     assert len(project.runs()) == runs_before
     assert page.url.endswith("#/new/tiltseries.bin")
+
+
+def test_after_stop_nothing_says_running_or_growing(two_series, page, tmp_path):
+    """Issue 18.7: a watching import (it runs until stopped) stopped from its page: its items
+    and outputs say stopped, not running / still growing, on the page and in the API."""
+    url, simulated = two_series["url"], two_series["simulated"]
+    watched = tmp_path / "microscope"
+    watched.mkdir()
+    source = two_series["project"].root / simulated.folder / "outputs"
+    mdoc = sorted(source.rglob("TS_01.mdoc"))[0]
+    for path in mdoc.parent.iterdir():  # one series already there: the run has an item and waits
+        if path.is_file():
+            (watched / path.name).symlink_to(path)
+    launched = httpx.post(url + "api/runs", headers={"Origin": url.rstrip("/")}, json={
+        "protocol": "import.mdoc", "executor": "inline", "name": "watching",
+        "params": {"files": [str(watched / "*.mdoc")], "watch": True, "settle_s": 0,
+                   "stop_after_idle_s": 600, "dose_per_tilt_e_a2": 3.0}})
+    assert launched.status_code == 200, launched.text
+    run_id = launched.json()["id"]
+    page.goto(url + f"#/run/{run_id}")
+    badge = page.locator(".page-head .badge")
+    expect(badge).to_have_attribute("data-state", "running", timeout=30_000)
+    expect(page.locator("#run-outputs")).to_contain_text("still growing", timeout=30_000)
+    page.click("#stop-button")
+    expect(badge).to_have_attribute("data-state", "interrupted", timeout=20_000)
+    expect(page.locator("#run-outputs")).not_to_contain_text("still growing")
+    expect(page.locator("#run-outputs")).to_contain_text("incomplete: the run stopped")
+    expect(page.locator('#journal td.task-state[data-state="running"]')).to_have_count(0)
+    details = httpx.get(url + f"api/runs/{run_id}").json()
+    assert details["running"] == {}
+    assert {o["state"] for o in details["outputs"].values()} == {"stopped"}
+    assert all(j["state"] != "running" for j in details["journal"])
+    offered = httpx.get(url + "api/outputs", params={"type": "TiltSeries"}).json()
+    assert all(o["state"] != "open" for o in offered if o["run_id"] == run_id)

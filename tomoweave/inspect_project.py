@@ -7,20 +7,40 @@ from typing import Any
 from tomoweave.api import Project, Run
 from tomoweave.engine.inputs import split_reference
 from tomoweave.model import item_types
-from tomoweave.model.sets import TaskState
+from tomoweave.model.sets import RunState, SetState, TaskState
+
+
+ACTIVE_RUN_STATES = (RunState.QUEUED, RunState.RUNNING)
+STOPPED = "stopped"  # a task or output whose run ended before it did (stopped, killed)
+
+
+def task_state_shown(run_state: str, task_state: str) -> str:
+    """A task's state as it stands: one recorded running in a run that no longer runs was
+    stopped with it (the journal keeps 'running' so that resume retries it)."""
+    if task_state == TaskState.RUNNING and run_state not in ACTIVE_RUN_STATES:
+        return STOPPED
+    return task_state
+
+
+def set_state_shown(run_state: str, set_state: str) -> str:
+    """An output set's state as it stands: open (still growing) only while its run is active."""
+    if set_state == SetState.OPEN and run_state not in ACTIVE_RUN_STATES:
+        return STOPPED
+    return set_state
 
 
 def run_summary(project: Project, run: Run) -> dict[str, Any]:
     record = run.record
+    state = run.state
     journal = project.catalog.journal(run.id)
-    outputs = {s.output: {"type": s.item_type, "state": s.state,
+    outputs = {s.output: {"type": s.item_type, "state": set_state_shown(state, s.state),
                           "count": project.catalog.count_items(s.id)}
                for s in project.catalog.sets_of_run(run.id)}
     return {
         "id": run.id,
         "name": run.name,
         "protocol": run.protocol,
-        "state": run.state,
+        "state": state,
         "folder": run.folder,
         "created": record.created,
         "started": record.started,
@@ -28,7 +48,8 @@ def run_summary(project: Project, run: Run) -> dict[str, Any]:
         "items_done": sum(1 for j in journal.values() if j["state"] == TaskState.DONE),
         "items_failed": sum(1 for j in journal.values() if j["state"] == TaskState.FAILED),
         "running": {t: {"progress": j.get("progress") or 0.0, "message": j.get("message") or ""}
-                    for t, j in journal.items() if j["state"] == TaskState.RUNNING},
+                    for t, j in journal.items()
+                    if task_state_shown(state, j["state"]) == TaskState.RUNNING},
         "inputs": record.inputs.get("references", {}),
         "outputs": outputs,
     }
@@ -46,7 +67,8 @@ def show(project: Project, reference: str) -> dict[str, Any]:
     record = run.record
     details = run_summary(project, run)
     details.update(params=record.params, provenance=record.provenance, error=record.error,
-                   journal=[{"task": t, "state": j["state"], "error": j["error"],
+                   journal=[{"task": t, "state": task_state_shown(details["state"], j["state"]),
+                             "error": j["error"],
                              "attempts": j["attempts"], "progress": j.get("progress"),
                              "message": j.get("message")}
                             for t, j in project.catalog.journal(run.id).items()])
@@ -58,7 +80,9 @@ def show(project: Project, reference: str) -> dict[str, Any]:
     for output_set in sets:
         items = [types[r.item_type].model_validate(r.data).to_record()
                  for r in project.catalog.items(output_set.id)]
-        rendered[output_set.output] = {"type": output_set.item_type, "state": output_set.state,
+        rendered[output_set.output] = {"type": output_set.item_type,
+                                       "state": set_state_shown(details["state"],
+                                                                output_set.state),
                                        "count": len(items), "items": items}
     if output is not None:
         only = rendered[sets[0].output]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from tomoweave.inspect_project import run_summary
+from tomoweave.inspect_project import run_summary, set_state_shown
 
 router = APIRouter(prefix="/api")
 EVENT_POLL_SECONDS = 0.5
@@ -79,7 +79,7 @@ def outputs_of_type(request: Request, type: str | None = None) -> list[dict[str,
             found.append({"reference": f"{run.name}.{output_set.output}", "run_id": run.id,
                           "run": run.name, "protocol": run.protocol, "run_state": state,
                           "output": output_set.output, "type": output_set.item_type,
-                          "state": output_set.state,
+                          "state": set_state_shown(state, output_set.state),
                           "count": project.catalog.count_items(output_set.id)})
     return found
 

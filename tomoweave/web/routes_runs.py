@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tomoweave.engine.errors import TomoweaveError
 from tomoweave.engine.executors import EXECUTOR_NAMES
-from tomoweave.inspect_project import run_summary
+from tomoweave.inspect_project import run_summary, task_state_shown
 from tomoweave.web.routes_project import access_of
 
 router = APIRouter(prefix="/api")
@@ -141,7 +141,8 @@ def run_details(request: Request, run_id: int) -> dict[str, Any]:
         # RUN.OUTPUT of each set read, whatever form the run was given (the CLI stores "RUN")
         input_references={name: [set_references[i] for i in ids if i in set_references]
                           for name, ids in record.inputs.get("set_ids", {}).items()},
-        journal=[{"task": t, "state": j["state"], "error": j["error"], "attempts": j["attempts"],
+        journal=[{"task": t, "state": task_state_shown(details["state"], j["state"]),
+                  "error": j["error"], "attempts": j["attempts"],
                   "progress": j.get("progress"), "message": j.get("message"),
                   "seconds": (j["finished"] - j["started"]) if j["finished"] and j["started"]
                   else None}

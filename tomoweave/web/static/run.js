@@ -2,6 +2,8 @@
 // per-item status with errors, the live log tail, and provenance.
 import { api, el, fieldLabel, fmt, onProjectEvent, setCleanup, stateBadge, when } from "./app.js";
 
+// "stopped": the run ended (Stop, a kill) before this output was complete
+const OUTPUT_STATES = { open: "still growing", closed: "complete", stopped: "incomplete: the run stopped" };
 const VIEWER_LABELS = { tomogram: "slices", tiltseries: "tilts", ctf: "CTF assistant", average: "map & FSC" };
 
 function paramTable(run) {
@@ -32,7 +34,7 @@ function outputsBlock(run) {
   return el("div", {}, entries.map(([name, output]) => {
     const items = (output.items || []).slice(0, 200);
     return el("div", { style: "margin-bottom:10px" },
-      el("b", {}, name), " ", el("span", { class: "muted" }, `${output.count} ${output.type} · ${output.state === "open" ? "still growing" : "complete"}`),
+      el("b", {}, name), " ", el("span", { class: "muted" }, `${output.count} ${output.type} · ${OUTPUT_STATES[output.state] || output.state}`),
       el("div", { class: "item-list" }, items.map(({ key, viewers }) => viewers.length
         ? viewers.map((kind) => el("a", { href: `#/${kind}/${run.id}/${encodeURIComponent(name)}/${encodeURIComponent(key)}`,
           "data-viewer": kind, title: `open the ${VIEWER_LABELS[kind]} viewer` }, `${key} · ${VIEWER_LABELS[kind]}`))
@@ -43,12 +45,12 @@ function outputsBlock(run) {
 
 function journalTable(run) {
   if (!run.journal.length) return el("p", { class: "muted" }, "No items processed yet.");
-  const order = { failed: 0, running: 1, done: 2 };
+  const order = { failed: 0, running: 1, stopped: 2, done: 3 };
   const rows = [...run.journal].sort((a, b) => (order[a.state] ?? 3) - (order[b.state] ?? 3) || a.task.localeCompare(b.task));
   return el("table", { class: "data", id: "journal" }, el("thead", {}, el("tr", {},
     el("th", {}, "item"), el("th", {}, "state"), el("th", {}, "attempts"), el("th", {}, "time (s)"), el("th", {}, "error"))),
   el("tbody", {}, rows.map((j) => el("tr", { "data-task": j.task },
-    el("td", {}, j.task), el("td", {}, j.state === "failed" ? el("b", { class: "error-text" }, j.state) : j.state),
+    el("td", {}, j.task), el("td", { class: "task-state", "data-state": j.state }, j.state === "failed" ? el("b", { class: "error-text" }, j.state) : j.state),
     el("td", { class: "num" }, j.attempts), el("td", { class: "num" }, j.seconds === null ? "–" : j.seconds.toFixed(1)),
     el("td", { class: "error-text" }, j.error || "")))));
 }
@@ -100,7 +102,7 @@ function runBody(run, log) {
     el("div", { class: "grid2" },
       el("div", { class: "panel" }, el("h2", {}, "Parameters"), paramTable(run)),
       el("div", {}, el("div", { class: "panel" }, el("h2", {}, "Inputs"), inputsBlock(run)),
-        el("div", { class: "panel" }, el("h2", {}, "Outputs"), outputsBlock(run)))),
+        el("div", { class: "panel", id: "run-outputs" }, el("h2", {}, "Outputs"), outputsBlock(run)))),
     picturesBlock(run),
     el("div", { class: "panel" }, el("h2", {}, "Items"), journalTable(run)),
     el("div", { class: "panel" }, el("h2", {}, "Log ", el("span", { class: "muted" }, `${run.folder}/logs/run.log`)), log),
