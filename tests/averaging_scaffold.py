@@ -36,17 +36,20 @@ class ScaffoldParticles:
     shifts_px: np.ndarray
     pixel_size_a: float
     truth: np.ndarray
+    observed: np.ndarray | None = None  # (N, B, B, B//2+1) X = h S + n, when kept
+    transfer: np.ndarray | None = None  # (N, B, B, B//2+1) h (signed), when kept
 
 
 def make_particles(truth: np.ndarray, count: int, pixel_size_a: float, *, noise: float = 0.0,
                    tilt_range_deg: tuple[float, float] | None = (-60.0, 60.0),
                    defocus_range_a: tuple[float, float] | None = (20000.0, 40000.0),
                    max_shift_px: float = 1.5, rotations: np.ndarray | None = None,
-                   seed: int = 0) -> ScaffoldParticles:
+                   seed: int = 0, keep_observed: bool = False) -> ScaffoldParticles:
     """``count`` particle images of ``truth`` at random (or given) poses, see module docstring.
 
     ``noise`` is the standard deviation of the white real-space noise added to each observed
-    box (the template's peak is 1).
+    box (the template's peak is 1). ``keep_observed`` also returns X and h (to write plain
+    subtomograms with their signed 3D CTF model, as RELION 3.1 does).
     """
     rng = np.random.default_rng(seed)
     box = truth.shape[0]
@@ -55,6 +58,8 @@ def make_particles(truth: np.ndarray, count: int, pixel_size_a: float, *, noise:
     kz, ky, kx = fourier.rfft_frequencies((box,) * 3)
     shape = (count, box, box, box // 2 + 1)
     data, weight = np.empty(shape, np.complex64), np.empty(shape, np.float32)
+    kept = (np.empty(shape, np.complex64), np.empty(shape, np.float32)) if keep_observed \
+        else (None, None)
     for i in range(count):
         spectrum = scipy.fft.rfftn(volumes.rotate_volume(truth, rotations[i]))
         spectrum *= np.exp(-2j * np.pi * (kx * shifts[i, 0] + ky * shifts[i, 1]
@@ -66,7 +71,9 @@ def make_particles(truth: np.ndarray, count: int, pixel_size_a: float, *, noise:
             observed = observed + noise * scipy.fft.rfftn(
                 rng.standard_normal((box,) * 3).astype(np.float32)) * (transfer != 0)
         data[i], weight[i] = transfer * observed, transfer * transfer
-    return ScaffoldParticles(data, weight, rotations, shifts, pixel_size_a, truth)
+        if keep_observed:
+            kept[0][i], kept[1][i] = observed, transfer
+    return ScaffoldParticles(data, weight, rotations, shifts, pixel_size_a, truth, *kept)
 
 
 def perturbed(rotations: np.ndarray, low_deg: float, high_deg: float,

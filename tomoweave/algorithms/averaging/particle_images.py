@@ -153,3 +153,36 @@ def _read_volume(item: Subtomogram, field: str, resolve_path, cache: dict | None
     if cache is not None:
         cache[written] = result
     return result
+
+
+def image_source(subtomograms: Sequence[Subtomogram], resolve_path: Callable[[str], Path | str],
+                 *, memory_budget_bytes: float = 2e9):
+    """An :class:`~tomoweave.algorithms.averaging.sources.ImageSource` over subtomograms on
+    disk: batches are read when the refinement asks for them (cropped batches are kept while
+    they fit in ``memory_budget_bytes``).
+
+    Parameters
+    ----------
+    subtomograms : sequence of Subtomogram
+        One box and pixel size for all (checked here, with the item named).
+    resolve_path : callable(str) -> path
+        Turns the items' project-relative paths into files (``context.resolve``).
+    """
+    from tomoweave.algorithms.averaging.sources import ImageSource
+
+    chosen = list(subtomograms)
+    if not chosen:
+        raise ValueError("image_source: no subtomograms")
+    box_px, pixel_size_a = chosen[0].box_size_px, chosen[0].pixel_size_a
+    for item in chosen:
+        if item.box_size_px != box_px or not np.isclose(item.pixel_size_a, pixel_size_a,
+                                                        rtol=1e-4):
+            raise ValueError(f"{item.name}: box {item.box_size_px} px at {item.pixel_size_a} Å; "
+                             f"the first subtomogram has {box_px} px at {pixel_size_a} Å")
+
+    def load(indices):
+        images = load_particle_images(chosen, resolve_path, indices=list(indices))
+        return images.data_ft, images.weight
+
+    return ImageSource(len(chosen), box_px, pixel_size_a, load,
+                       memory_budget_bytes=memory_budget_bytes)

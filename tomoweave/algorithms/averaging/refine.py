@@ -52,6 +52,8 @@ class RefineSettings:
     shift_range_a: float = 30.0
     max_iterations: int = 15
     binning_schedule: tuple[int, ...] = (1,)
+    # the step is halved until it is below this fraction of resolution / diameter (radians)
+    final_step_fraction: float = 0.5
     mask: np.ndarray | None = None
     batch_size: int = 64
     n_threads: int = 2
@@ -360,7 +362,8 @@ def _advance_schedule(state: RefineState, resolution_a: float, angular_change_de
     state.iterations_without_gain = 0 if gained else state.iterations_without_gain + 1
     state.best_resolution_a = min(state.best_resolution_a, resolution_a)
     state.resolution_a = resolution_a
-    target = needed_step_deg(resolution_a, settings.particle_diameter_a)
+    target = settings.final_step_fraction * needed_step_deg(resolution_a,
+                                                            settings.particle_diameter_a)
     if state.iterations_without_gain >= 1 and state.angular_step_deg > target:
         state.angular_step_deg = max(state.angular_step_deg / 2, 0.25 * target)
         state.iterations_without_gain = 0
