@@ -193,6 +193,10 @@ class Average(_Item):
     fsc: list[FscShell] | None = None
     fsc_threshold: float = 0.143
     resolution_a: float | None = Field(None, gt=0, description="gold-standard resolution, Å")
+    bfactor_a2: float | None = Field(
+        None, description="B-factor of the map corrected by post.sharpen, Å² (positive: the "
+        "amplitudes decayed as exp(-B s²/4); RELION's rlnBfactorUsedForSharpening is -B); "
+        "None: not sharpened")
     particle_count: int | None = Field(None, ge=0)
     symmetry: str = "C1"
     iterations: list[dict[str, Any]] | None = Field(

@@ -12,6 +12,7 @@ batch × window³ × 16 bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,8 @@ class LocalResolution:
 
 def window_fsc_resolutions(half1: np.ndarray, half2: np.ndarray, centres_zyx: np.ndarray,
                            pixel_size_a: float, *, window_px: int, threshold: float = 0.143,
-                           soft_px: float = 3.0) -> np.ndarray:
+                           soft_px: float = 3.0,
+                           progress: Callable[[float, str], None] | None = None) -> np.ndarray:
     """Resolution (Å) of the windowed FSC around each centre.
 
     Parameters
@@ -56,6 +58,8 @@ def window_fsc_resolutions(half1: np.ndarray, half2: np.ndarray, centres_zyx: np
         FSC threshold (0.143 for independent halves; blocres also offers 0.5).
     soft_px : float
         Raised-cosine edge of the sphere, pixels.
+    progress : callable(fraction, message), optional
+        Called after each batch of windows.
     """
     window = int(window_px)
     sphere = spherical_mask(window, window / 2 - soft_px - 1, soft_px)
@@ -74,6 +78,9 @@ def window_fsc_resolutions(half1: np.ndarray, half2: np.ndarray, centres_zyx: np
         out[start:start + len(chunk)] = [
             fourier.resolution_at_threshold(curve, window, pixel_size_a, threshold)
             for curve in curves]
+        if progress is not None:
+            done = start + len(chunk)
+            progress(done / len(centres), f"{done} of {len(centres)} windows")
     return out
 
 
@@ -84,7 +91,8 @@ def _cut(volume: np.ndarray, centre: np.ndarray, window: int) -> np.ndarray:
 
 def local_resolution(half1: np.ndarray, half2: np.ndarray, pixel_size_a: float, *,
                      window_px: int = 20, step_px: int = 4, threshold: float = 0.143,
-                     mask: np.ndarray | None = None, soft_px: float = 3.0) -> LocalResolution:
+                     mask: np.ndarray | None = None, soft_px: float = 3.0,
+                     progress: Callable[[float, str], None] | None = None) -> LocalResolution:
     """Local-resolution map of two halves (half maps or even/odd tomograms, any shape).
 
     Parameters
@@ -103,6 +111,8 @@ def local_resolution(half1: np.ndarray, half2: np.ndarray, pixel_size_a: float, 
         interpolation); voxels with mask ≤ 0.5 get 0 in ``map_a``.
     soft_px : float
         Soft edge of the window's sphere, pixels.
+    progress : callable(fraction, message), optional
+        Called after each batch of windows.
     """
     if half1.shape != half2.shape:
         raise ValueError(f"local resolution needs two halves of one shape, got {half1.shape} "
@@ -121,7 +131,7 @@ def local_resolution(half1: np.ndarray, half2: np.ndarray, pixel_size_a: float, 
     grid = np.full(grid_shape, np.nan, dtype=np.float32)
     grid[wanted] = window_fsc_resolutions(half1, half2, centres, pixel_size_a,
                                           window_px=window_px, threshold=threshold,
-                                          soft_px=soft_px)
+                                          soft_px=soft_px, progress=progress)
     full = _interpolate_grid(grid, axes, tuple(shape))
     if mask is not None:
         full = np.where(np.asarray(mask) > 0.5, full, 0.0).astype(np.float32)
