@@ -68,6 +68,31 @@ def test_soft_classification_separates_a_50_50_mixture():
     assert len(state.history) >= 1 and all(f is not None for f in result.fsc)
 
 
+def test_classification_repairs_a_partition_with_a_third_wrong():
+    """References from a partition with 35 % of the labels wrong: the iterations (not the
+    seeding) have to find the species."""
+    from tomoweave.algorithms.averaging.reconstruction import reconstruct
+
+    particles = mixtures.two_species(120, fraction_first=0.5, seed=4)
+    source = _source(particles)
+    rng = np.random.default_rng(1)
+    wrong = rng.random(source.count) < 0.35
+    start = np.where(wrong, 1 - particles.labels, particles.labels)
+    images = particles.images
+    references = np.stack([reconstruct(images.data_ft[start == k], images.weight[start == k],
+                                       particles.rotations[start == k]) for k in (0, 1)])
+    settings = classes3d.ClassifySettings(classes=2, particle_diameter_a=DIAMETER_A,
+                                          assignment="hard", max_iterations=8)
+    halves = 1 + np.arange(source.count) % 2
+    assert adjusted_rand_index(start, particles.labels) < 0.2
+    state = classes3d.initial_state(source, particles.rotations, np.zeros((source.count, 3)),
+                                    halves, settings, references=references)
+    result = classes3d.classify(source, state, settings)
+    assert adjusted_rand_index(result.labels, particles.labels) >= 0.8
+    occupancy = [record["occupancy"] for record in result.state.history]
+    assert len(occupancy) >= 2 and all(len(o) == 2 for o in occupancy)
+
+
 def test_mra_finds_the_20_percent_class_with_local_alignment():
     particles = mixtures.two_species(150, fraction_first=0.8, seed=2)
     source = _source(particles)

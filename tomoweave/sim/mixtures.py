@@ -144,11 +144,13 @@ def species_map(name: str, box_px: int, pixel_size_a: float, contrast_v: float) 
     return (contrast_v * volumes.crop_or_pad(rescaled, box_px)).astype(np.float32)
 
 
-def hinged_map(base: np.ndarray, angle_deg: float, *, cut_fraction: float = 0.25,
+def hinged_map(base: np.ndarray, angle_deg: float, *, cut_fraction: float = 0.35,
                axis: str = "y") -> np.ndarray:
     """``base`` with its part beyond the plane x = x_cut turned by ``angle_deg`` about an axis
     along ``axis`` through that plane (a domain on a hinge). ``x_cut`` lies at
     ``cut_fraction`` of the density's extent along x from its +x end."""
+    from scipy import ndimage
+
     box = base.shape[0]
     occupied = np.flatnonzero(base.max(axis=(0, 1)) > 0.05 * base.max())
     x_cut = occupied[-1] - cut_fraction * (occupied[-1] - occupied[0])
@@ -157,11 +159,13 @@ def hinged_map(base: np.ndarray, angle_deg: float, *, cut_fraction: float = 0.25
     domain, body = base * soft, base * (1 - soft)
     vector = {"x": (1.0, 0, 0), "y": (0, 1.0, 0), "z": (0, 0, 1.0)}[axis]
     rotation = rotations_from_vectors_deg(np.asarray(vector) * angle_deg)[0]
-    # rotate about the hinge point (x_cut, centre, centre): shift, rotate about the centre, back
-    offset = np.array([x_cut - box // 2, 0.0, 0.0])  # x y z, px
-    moved = _shift(domain, -offset)
-    turned = volumes.rotate_volume(moved, rotation)
-    return (body + _shift(turned, offset)).astype(np.float32)
+    # output voxel p (z, y, x) reads the domain at hinge + Rᵀ (p − hinge)
+    flip = np.eye(3)[::-1]
+    matrix = flip @ rotation.T @ flip
+    hinge = np.array([box // 2, box // 2, x_cut], dtype=float)  # z, y, x
+    turned = ndimage.affine_transform(domain, matrix, offset=hinge - matrix @ hinge, order=3,
+                                      mode="constant")
+    return (body + turned).astype(np.float32)
 
 
 def _shift(volume: np.ndarray, shift_xyz_px: np.ndarray) -> np.ndarray:
@@ -173,6 +177,7 @@ def _shift(volume: np.ndarray, shift_xyz_px: np.ndarray) -> np.ndarray:
 def simulate_particles(maps: np.ndarray, labels: np.ndarray, *, preset: str = "sta_test",
                        dose_scale: float = 1.0, hinge_deg: np.ndarray | None = None,
                        per_particle_maps: list[np.ndarray] | None = None,
+                       rotations: np.ndarray | None = None,
                        names: tuple[str, ...] = (), seed: int = 0) -> ParticleSet:
     """Particle images of species ``maps`` (S, B, B, B) for ``labels`` (N,) at random poses.
 
@@ -183,6 +188,7 @@ def simulate_particles(maps: np.ndarray, labels: np.ndarray, *, preset: str = "s
     preset, dose_scale : the acquisition (TiltSeriesModel)
     hinge_deg, per_particle_maps : optional per-particle maps (continuous heterogeneity)
         replacing the species map, and the parameter that made them.
+    rotations : (N, 3, 3), optional poses (default: uniform at random)
     seed : int
     """
     rng = np.random.default_rng(seed)
@@ -190,7 +196,8 @@ def simulate_particles(maps: np.ndarray, labels: np.ndarray, *, preset: str = "s
     labels = np.asarray(labels, dtype=int)
     box = maps.shape[1]
     model = TiltSeriesModel(box, preset, dose_scale=dose_scale)
-    rotations = random_rotations(len(labels), rng)
+    poses = random_rotations(len(labels), rng)
+    rotations = poses if rotations is None else np.asarray(rotations, dtype=float)
     grids = [gridding.reference_grid(m) for m in maps]
     shape = (len(labels), box, box, box // 2 + 1)
     data, weight = np.empty(shape, np.complex64), np.empty(shape, np.float32)
@@ -226,15 +233,16 @@ def _junk_grid(maps: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
 def two_species(count: int, *, names: tuple[str, str] = ("3j9i", "6pxm"),
                 fraction_first: float = 0.5, box_px: int = 32, preset: str = "sta_test",
                 junk_fraction: float = 0.0, dose_scale: float = 1.0,
-                seed: int = 0) -> ParticleSet:
+                rotations: np.ndarray | None = None, seed: int = 0) -> ParticleSet:
     """A discrete mixture: ``fraction_first`` of the true particles are ``names[0]``, the rest
-    ``names[1]``; ``junk_fraction`` of all boxes are junk. Order is shuffled."""
+    ``names[1]``; ``junk_fraction`` of all boxes are junk. Order is shuffled; poses uniform
+    at random unless ``rotations`` (N, 3, 3) are given."""
     config = resolve_config(preset)
     maps = np.stack([species_map(n, box_px, config.pixel_size_a, config.protein_contrast_v)
                      for n in names])
     labels = _labels(count, [fraction_first, 1 - fraction_first], junk_fraction, seed)
     return simulate_particles(maps, labels, preset=preset, dose_scale=dose_scale, names=names,
-                              seed=seed)
+                              rotations=rotations, seed=seed)
 
 
 def hinge_motion(count: int, *, name: str = "3j9i", max_angle_deg: float = 20.0,
@@ -260,3 +268,24 @@ def _labels(count: int, fractions: list[float], junk_fraction: float, seed: int)
     sizes[-1] = true - sizes[:-1].sum()
     labels = np.concatenate([np.full(n, k) for k, n in enumerate(sizes)] + [np.full(junk, JUNK)])
     return rng.permutation(labels).astype(int)
+
+
+def rotations_viewing_along(directions: np.ndarray, spread_deg: float, count: int,
+                            rng: np.random.Generator) -> np.ndarray:
+    """``count`` poses whose beam direction in the reference frame (Rᵀ ẑ, the third row of R)
+    lies within ``spread_deg`` of one of ``directions`` (D, 3) (chosen in turn), with a
+    uniform spin about the beam: particles seen from a few sides only."""
+    directions = np.asarray(directions, dtype=float).reshape(-1, 3)
+    out = np.empty((count, 3, 3))
+    for i in range(count):
+        axis = directions[i % len(directions)] / np.linalg.norm(directions[i % len(directions)])
+        tilt = rotations_from_vectors_deg(rng.normal(size=3) * spread_deg / np.sqrt(3))[0]
+        beam = tilt @ axis
+        helper = np.eye(3)[np.argmin(np.abs(beam))]
+        first = np.cross(helper, beam)
+        first /= np.linalg.norm(first)
+        base = np.stack([first, np.cross(beam, first), beam])  # rows: R with third row beam
+        spin = rng.uniform(0, 360)
+        c, s = np.cos(np.radians(spin)), np.sin(np.radians(spin))
+        out[i] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ base
+    return out

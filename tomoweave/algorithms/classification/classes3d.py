@@ -13,9 +13,12 @@ particle has information, so the missing wedge does not pull particles of one or
 together. Soft assignment gives each particle the posterior P(k | D_i) ∝ π_k exp(L_ik)
 (maximum likelihood, Scheres 2010); hard gives it to the best class. Each class is then
 reconstructed from its particles (weighted by their posterior, each at the pose found for that
-class) in gold-standard halves; its FSC (masked) filters its next reference, which is also
-low-passed to the classification's resolution limit. σ² per shell is re-estimated from the
-residuals against the assigned class. Shifts are Å (x, y, z) as in averaging.refine.
+class) in gold-standard halves; its FSC (masked) filters each half's next reference, which is
+also low-passed to the classification's resolution limit. A particle is scored against the
+references of the *other* half: no reference holds the particle's own noise, so a partition
+is kept only for what the particles share (a random start does not stick to itself). σ² per
+shell is re-estimated from the residuals against the assigned class. Shifts are Å (x, y, z)
+as in averaging.refine.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from tomoweave.geometry.sampling import local_sampling
 from tomoweave.geometry.symmetry import symmetry_operators
 
 ASSIGNMENTS = ("soft", "hard")
+SEEDINGS = ("pca", "random")
 ALIGNMENTS = ("none", "local")
 MIN_WEIGHT = 1e-4  # posteriors below this do not enter a class's reconstruction
 
@@ -58,9 +62,12 @@ class ClassifySettings:
     symmetry: str = "C1"
     batch_size: int = 64
     n_threads: int = 2
+    seeding: str = "pca"  # classes start from k-means on wedge-compensated PCA, or at random
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.seeding not in SEEDINGS:
+            raise ValueError(f"seeding '{self.seeding}': expected one of {SEEDINGS}")
         if self.assignment not in ASSIGNMENTS:
             raise ValueError(f"assignment '{self.assignment}': expected one of {ASSIGNMENTS}")
         if self.alignment not in ALIGNMENTS:
@@ -73,7 +80,7 @@ class ClassifySettings:
 class ClassifyState:
     """Everything the next iteration needs; saved after each iteration (resume)."""
 
-    references: np.ndarray  # (K, B, B, B), filtered
+    references: np.ndarray  # (K, 2, B, B, B) per class, per half; filtered
     class_rotations: np.ndarray  # (N, K, 3, 3) each particle's pose for each class
     class_shifts_a: np.ndarray  # (N, K, 3)
     half_sets: np.ndarray  # (N,) 1 or 2
@@ -132,7 +139,12 @@ ProgressCallback = Callable[[float, str], None]
 def initial_state(source: sources.ImageSource, rotations: np.ndarray, shifts_a: np.ndarray,
                   half_sets: np.ndarray, settings: ClassifySettings,
                   references: np.ndarray | None = None) -> ClassifyState:
-    """Starting state: given references (K, B, B, B), or the averages of K random subsets.
+    """Starting state: given references (K, B, B, B), or the averages of K subsets.
+
+    Without references the subsets are the k-means clusters of the particles' coordinates on
+    the wedge-compensated principal components (``seeding="pca"``; see :mod:`.pca`), or random
+    (``"random"``: with cross-half scoring, random subsets of a mixture tend to collapse into
+    the class that happens to be larger).
 
     Parameters
     ----------
@@ -147,11 +159,9 @@ def initial_state(source: sources.ImageSource, rotations: np.ndarray, shifts_a: 
     halves = np.asarray(half_sets).astype(np.int8).reshape(count)
     if np.any((halves != 1) & (halves != 2)):
         raise ValueError("half_sets: every particle needs 1 or 2")
-    rng = np.random.default_rng(settings.seed)
-    seeds = rng.permutation(np.arange(count) % k)
-    one_hot = np.eye(k)[seeds]
+    one_hot = np.eye(k)[_seed_labels(source, rotations, shifts, settings)]
     state = ClassifyState(
-        references=np.zeros((k,) + (source.box_px,) * 3, np.float32),
+        references=np.zeros((k, 2) + (source.box_px,) * 3, np.float32),
         class_rotations=np.repeat(rotations[:, None], k, axis=1),
         class_shifts_a=np.repeat(shifts[:, None], k, axis=1), half_sets=halves,
         responsibilities=one_hot, noise_power=data_noise_power(source, settings.batch_size),
@@ -162,13 +172,29 @@ def initial_state(source: sources.ImageSource, rotations: np.ndarray, shifts_a: 
             raise ValueError(f"references {references.shape}: expected ({k}, "
                              f"{source.box_px}, {source.box_px}, {source.box_px})")
         pixel = source.pixel_size_a
-        state.references = np.stack([_lowpassed(r, pixel, settings.resolution_a)
-                                     for r in references])
+        lowpassed = np.stack([_lowpassed(r, pixel, settings.resolution_a) for r in references])
+        state.references = np.repeat(lowpassed[:, None], 2, axis=1)
         return state
     plan = _plan(source, settings)
     builders = _reconstruct_classes(source, state, plan, settings, one_hot)
     state.references, _ = _new_references(builders, plan, settings, source)
     return state
+
+
+def _seed_labels(source: sources.ImageSource, rotations: np.ndarray, shifts_a: np.ndarray,
+                 settings: ClassifySettings) -> np.ndarray:
+    """(N,) starting class of every particle (see :func:`initial_state`)."""
+    k = settings.classes
+    if settings.seeding == "random" or k == 1:
+        rng = np.random.default_rng(settings.seed)
+        return rng.permutation(np.arange(source.count) % k)
+    from tomoweave.algorithms.classification import clustering, pca
+
+    spectra = pca.reference_frame_spectra(source, rotations, shifts_a,
+                                          resolution_a=settings.resolution_a,
+                                          batch_size=settings.batch_size)
+    analysis = pca.principal_components(spectra, components=max(1, min(k - 1, 3)))
+    return clustering.kmeans(analysis.coordinates, k, seed=settings.seed).labels
 
 
 def classify(source: sources.ImageSource, state: ClassifyState, settings: ClassifySettings, *,
@@ -213,15 +239,22 @@ def classify_iteration(source: sources.ImageSource, state: ClassifyState,
     plan = _plan(source, settings)
     before = state.labels.copy()
     prior = np.maximum(state.responsibilities.mean(axis=0), 1e-6)
-    setups = [_scoring_setup(r, state.noise_power, plan, settings) for r in state.references]
+    setups = [[_scoring_setup(r, state.noise_power, plan, settings) for r in pair]
+              for pair in state.references]
     noise = np.zeros((2, source.box_px // 2 + 1))
     order = sources.batches(np.arange(source.count), settings.batch_size)
     for done, batch in enumerate(order):
         data, weight = source.batch(batch, plan["rec_box"])
         work = (fourier.crop_rfft(data, plan["work_box"]),
                 fourier.crop_rfft(weight, plan["work_box"]))
-        _expectation(state, batch, work, setups, prior, plan, settings)
-        noise += _residuals(state, batch, work, setups, plan, source.box_px)
+        for half in (1, 2):  # scored against the other half's references
+            members = np.flatnonzero(state.half_sets[batch] == half)
+            if len(members) == 0:
+                continue
+            part = (work[0][members], work[1][members])
+            other = [pair[2 - half] for pair in setups]
+            _expectation(state, batch[members], part, other, prior, plan, settings)
+            noise += _residuals(state, batch[members], part, other, plan, source.box_px)
         if progress is not None:
             progress((done + 1) / len(order), f"iteration {state.iteration + 1}: "
                      f"{min((done + 1) * settings.batch_size, source.count)} of "
@@ -232,8 +265,8 @@ def classify_iteration(source: sources.ImageSource, state: ClassifyState,
     builders = _reconstruct_classes(source, state, plan, settings, state.responsibilities)
     references, resolutions = _new_references(builders, plan, settings, source)
     occupancy = state.responsibilities.sum(axis=0)
-    for k in range(settings.classes):  # a class without particles keeps its reference
-        if occupancy[k] >= 1.0:
+    for k in range(settings.classes):  # a class without particles keeps its references
+        if occupancy[k] >= 2.0:
             state.references[k] = references[k]
     changed = float(np.mean(state.labels != before))
     state.iteration += 1
@@ -364,17 +397,19 @@ def _reconstruct_classes(source: sources.ImageSource, state: ClassifyState, plan
 
 def _new_references(builders: list, plan: dict, settings: ClassifySettings,
                     source: sources.ImageSource) -> tuple[np.ndarray, list[float]]:
-    """Each class's FSC-weighted map, low-passed at the limit, padded to the full box."""
+    """Each class's half maps weighted by their FSC, low-passed at the limit, padded to the
+    full box: (K, 2, B, B, B), and each class's resolution (inf: a half was empty)."""
     references, resolutions = [], []
     operators = symmetry_operators(settings.symmetry)
     for halves in builders:
-        maps, fsc, combined = _class_maps(halves, plan["rec_pixel"], settings, operators)
+        maps, fsc, _ = _class_maps(halves, plan["rec_pixel"], settings, operators)
         resolution = fsc.resolution_a if fsc is not None else np.inf
         resolutions.append(float(resolution))
-        filtered = _fsc_weighted(combined, fsc, plan["rec_pixel"],
-                                 max(resolution, plan["resolution_a"]))
-        references.append(fourier.fourier_pad(filtered, source.box_px))
-    return np.stack(references).astype(np.float32), resolutions
+        limit = max(resolution, plan["resolution_a"])
+        references.append([fourier.fourier_pad(_fsc_weighted(m, fsc, plan["rec_pixel"], limit,
+                                                             halves=True), source.box_px)
+                           for m in maps])
+    return np.asarray(references, dtype=np.float32), resolutions
 
 
 def _class_maps(halves: dict[int, Reconstructor], pixel_size_a: float,
@@ -394,15 +429,16 @@ def _class_maps(halves: dict[int, Reconstructor], pixel_size_a: float,
 
 
 def _fsc_weighted(volume: np.ndarray, fsc: GoldStandardFsc | None, pixel_size_a: float,
-                  resolution_a: float) -> np.ndarray:
-    """A class map weighted by its FSC (both halves: 2 FSC / (1 + FSC)) and low-passed."""
+                  resolution_a: float, *, halves: bool = False) -> np.ndarray:
+    """A class map weighted by sqrt(2 F / (1 + F)) and low-passed; F is the half maps' FSC for
+    a half map (``halves``), else the combined map's 2 FSC / (1 + FSC)."""
     box = volume.shape[0]
     weights = fourier.lowpass_filter((box,) * 3, pixel_size_a, resolution_a * 0.9,
                                      edge_width=2.0 / box)
     if fsc is not None:
         corrected = np.clip(fsc.corrected, 0, 1)
-        weights = weights * fourier.shell_filter(
-            fourier.fsc_weighting(2 * corrected / (1 + corrected)), box)
+        curve = corrected if halves else 2 * corrected / (1 + corrected)
+        weights = weights * fourier.shell_filter(fourier.fsc_weighting(curve), box)
     return _apply(volume, weights)
 
 
