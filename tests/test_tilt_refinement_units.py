@@ -97,3 +97,46 @@ def test_planted_deformation_moves_image_content_by_the_field():
     expected = geometry.deformation_at(0, ((point_px - size // 2) * 10.0)[None])[0] / 10.0
     assert np.linalg.norm(expected) > 0.5  # the field moves this point by more than half a px
     assert np.allclose(centroid - point_px, expected, atol=0.05)
+
+
+def _synthetic_comparison(rng, optics, particle_offsets_a, noise: float):
+    """Patches X = h(true CTF) S + noise of random slices S: the CTF refinement's model."""
+    from tomoweave.algorithms.tilt_refinement.measure import Comparison
+    from tomoweave.algorithms.tilt_refinement.patches import BandSetup
+
+    setup = BandSetup(rng.normal(size=(32, 32, 32)).astype(np.float32), 4.0, 10.0)
+    count, n_tilts, n = len(particle_offsets_a), len(optics.defocus_u_a), setup.mask.sum()
+    heights = rng.uniform(-250, 250, (count, n_tilts))
+    slices = (rng.normal(size=(count, n_tilts, n)) + 1j * rng.normal(size=(count, n_tilts, n)))
+    slices = (slices / setup.frequency * 0.01).astype(np.complex64)  # falling spectrum
+    patches = np.empty_like(slices)
+    for p in range(count):
+        h = setup.transfers(optics, heights[p], particle_offsets_a[p])
+        patches[p] = h * slices[p] + noise * (rng.normal(size=(n_tilts, n))
+                                              + 1j * rng.normal(size=(n_tilts, n)))
+    weights = np.full((n_tilts, n), 1.0 / (2 * noise**2), dtype=np.float32)
+    return Comparison(patches, slices, heights, weights, {1: setup}, np.ones(count, int))
+
+
+def test_ctf_refinement_recovers_tilt_defoci_and_particle_offsets():
+    from dataclasses import replace
+
+    from tomoweave.algorithms.averaging.pseudo_subtomograms import TiltSeriesOptics
+    from tomoweave.algorithms.tilt_refinement.ctf import refine_ctf
+
+    rng = np.random.default_rng(4)
+    n_tilts = 6
+    truth = TiltSeriesOptics(np.full(n_tilts, 40200.0), np.full(n_tilts, 39800.0),
+                             np.full(n_tilts, 30.0), np.arange(n_tilts) * 3.0 + 1.5)
+    offsets = rng.normal(0, 300, 30)
+    comparison = _synthetic_comparison(rng, truth, offsets, noise=0.05)
+    errors = rng.normal(0, 1000, n_tilts)
+    start = replace(truth, defocus_u_a=truth.defocus_u_a + errors,
+                    defocus_v_a=truth.defocus_v_a + errors)
+    result = refine_ctf(comparison, start, particle_sigma_a=300.0)
+    residual = 0.5 * (result.optics.defocus_u_a + result.optics.defocus_v_a) - 40000.0
+    # the particles' offsets average out to ~300/√30 ≈ 55 Å in each tilt's defocus
+    assert np.sqrt(np.mean(residual**2)) < 100.0 < np.sqrt(np.mean(errors**2)) / 5
+    # the planted per-particle offsets (σ 300 Å) are found to well within their spread
+    assert np.sqrt(np.mean((result.particle_defocus_a - offsets - np.mean(residual)) ** 2)) < 100
+    assert np.allclose(result.tilt_scales, 1.0, atol=0.1)

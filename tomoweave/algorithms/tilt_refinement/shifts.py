@@ -98,8 +98,8 @@ def window_peaks(windows: np.ndarray, offsets_px: np.ndarray, radius_px: float |
     centre = windows[rows, iy, ix]
     left, right = windows[rows, iy, ix - 1], windows[rows, iy, ix + 1]
     down, up = windows[rows, iy - 1, ix], windows[rows, iy + 1, ix]
-    dx = np.array([parabolic_offset(a, b, c) for a, b, c in zip(left, centre, right)])
-    dy = np.array([parabolic_offset(a, b, c) for a, b, c in zip(down, centre, up)])
+    dx = np.array([parabolic_offset(a, b, c) for a, b, c in zip(left, centre, right, strict=True)])
+    dy = np.array([parabolic_offset(a, b, c) for a, b, c in zip(down, centre, up, strict=True)])
     hxx = (2 * centre - left - right) / step**2
     hyy = (2 * centre - down - up) / step**2
     hxy = -(windows[rows, iy + 1, ix + 1] - windows[rows, iy + 1, ix - 1]

@@ -1,0 +1,127 @@
+"""The references particles are compared with: each half's map, without the particle's own
+group (cross-validated within the half).
+
+A particle's own tilt images are part of its half map; at few particles per half they pull
+the map's slices towards the particle's current (wrong) geometry, and a refinement against
+such a map finds only part of each error. Each half is therefore cut into ``groups`` groups;
+a particle is compared with the map of the other groups of its own half (never with the
+other half: the gold standard holds). ``groups = 1`` compares with the plain half map.
+
+Maps are reconstructed from pseudo-subtomograms at the current geometry and CTF
+(averaging.pseudo_subtomograms, averaging.reconstruction) at the particles' known rotations,
+and weighted by the half maps' FSC, sqrt(2 FSC / (1 + FSC)) per shell, so the comparison uses
+each frequency as far as the maps know it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tomoweave.algorithms.averaging import pseudo_subtomograms as pseudo
+from tomoweave.algorithms.averaging.fsc import GoldStandardFsc, gold_standard_fsc
+from tomoweave.algorithms.averaging.reconstruction import Reconstructor
+from tomoweave.algorithms.fourier import fsc_weighting, resolution_at_threshold, shell_filter
+from tomoweave.algorithms.tilt_refinement.geometry import TiltGeometry
+
+REGULARISER = 0.02  # smallest Wiener constant, fraction of each shell's mean weight
+
+
+@dataclass
+class References:
+    """half_maps {half: map}; group_maps {(half, group): map without that group};
+    groups (N,) each particle's group; fsc of the half maps; pixel_size_a."""
+
+    half_maps: dict
+    group_maps: dict
+    groups: np.ndarray
+    fsc: GoldStandardFsc
+    pixel_size_a: float
+
+    def band_limit_a(self, threshold: float = 0.05) -> float:
+        """Resolution (Å) where the half maps' FSC falls below ``threshold``: the comparison's
+        upper limit (the FSC weighting already fades the frequencies before it)."""
+        box = next(iter(self.half_maps.values())).shape[0]
+        return resolution_at_threshold(self.fsc.corrected, box, self.pixel_size_a, threshold)
+
+    def for_particles(self, half_sets: np.ndarray) -> tuple[dict, np.ndarray]:
+        """({label: map}, labels (N,)) for measure.compare_particles."""
+        labels = np.array([f"{h}:{g}" for h, g in zip(half_sets, self.groups, strict=True)])
+        maps = {f"{h}:{g}": m for (h, g), m in self.group_maps.items()}
+        return maps, labels
+
+
+def assign_groups(half_sets: np.ndarray, groups: int, seed: int = 0) -> np.ndarray:
+    """Group 0 … groups-1 of every particle, balanced within each half (random order)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(len(half_sets), dtype=int)
+    for half in np.unique(half_sets):
+        members = rng.permutation(np.flatnonzero(half_sets == half))
+        labels[members] = np.arange(len(members)) % groups
+    return labels
+
+
+def build_references(images: np.ndarray, geometry: TiltGeometry,
+                     optics: pseudo.TiltSeriesOptics, image_pixel_size_a: float,
+                     positions_a: np.ndarray, rotations: np.ndarray, half_sets: np.ndarray, *,
+                     box_px: int, binning: float = 1.0, groups: int = 3,
+                     defocus_offsets_a: np.ndarray | None = None,
+                     mask: np.ndarray | None = None, seed: int = 0) -> References:
+    """Half maps and leave-one-group-out maps from pseudo-subtomograms.
+
+    Parameters
+    ----------
+    images : (T, ny, nx) tilt images in contrast units.
+    geometry, optics : the current geometry (with deformation) and CTF.
+    image_pixel_size_a : Å per pixel of ``images``.
+    positions_a, rotations : (N, 3), (N, 3, 3) the particles.
+    half_sets : (N,) 1 or 2.
+    box_px, binning : the maps' box and binning (pseudo_subtomogram).
+    groups : groups per half (1: plain half maps).
+    defocus_offsets_a : (N,) per-particle defocus offsets (ctf.refine_ctf), optional.
+    mask : soft mask for the FSC, optional.
+    """
+    positions = np.asarray(positions_a, dtype=float).reshape(-1, 3)
+    labels = assign_groups(half_sets, groups, seed)
+    matrices, offsets = geometry.matrices(), geometry.offsets_a(positions)
+    builders: dict = {}
+    pixel_out = None
+    for p, position in enumerate(positions):
+        image = pseudo.pseudo_subtomogram(
+            images, matrices, optics, image_pixel_size_a, position, box_px, binning=binning,
+            offsets_a=offsets[p],
+            defocus_offset_a=0.0 if defocus_offsets_a is None else defocus_offsets_a[p])
+        pixel_out = image.pixel_size_a
+        key = (half_sets[p].item(), int(labels[p]))
+        builder = builders.setdefault(key, Reconstructor(box_px))
+        builder.add(image.data_ft[None], image.weight[None], rotations[p][None])
+    halves = sorted({h for h, _ in builders})
+    half_maps = {}
+    for half in halves:
+        total = Reconstructor(box_px)
+        for (h, _), builder in builders.items():
+            if h == half:
+                total.merge(builder)
+        half_maps[half] = total.reconstruct(epsilon=REGULARISER)
+    fsc = gold_standard_fsc(half_maps[halves[0]], half_maps[halves[-1]], pixel_out, mask)
+    weighting = shell_filter(fsc_weighting(fsc.corrected), box_px)
+    group_maps = {}
+    for half, group in builders:
+        if groups == 1:
+            volume = half_maps[half]
+        else:
+            rest = Reconstructor(box_px)
+            for (h, g), builder in builders.items():
+                if h == half and g != group:
+                    rest.merge(builder)
+            volume = rest.reconstruct(epsilon=REGULARISER)
+        group_maps[(half, group)] = _filtered(volume, weighting)
+    return References(half_maps, group_maps, labels, fsc, float(pixel_out))
+
+
+def _filtered(volume: np.ndarray, rfft_filter: np.ndarray) -> np.ndarray:
+    import scipy.fft
+
+    spectrum = scipy.fft.rfftn(volume, workers=-1) * rfft_filter
+    return scipy.fft.irfftn(spectrum, volume.shape, workers=-1).astype(np.float32)
