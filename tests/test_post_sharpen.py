@@ -84,9 +84,14 @@ def test_given_bfactor_and_range_are_used():
 
 def test_automatic_guinier_range():
     assert sharpen.automatic_guinier_range(4.0, 64, 2.0) == pytest.approx((128 / 12, 4.0))
-    low, high = sharpen.automatic_guinier_range(20.0, 32, 5.0)  # tomography: 30 Å … 20 Å
-    shells = 160 / np.array([low, high])
-    assert high == pytest.approx(20.0) and shells[1] - shells[0] + 1 >= 3
+    low, high = sharpen.automatic_guinier_range(7.5, 32, 2.0)  # widened to three shells
+    assert high == pytest.approx(64 / 8) and low == pytest.approx(64 / 6)
+    # a tomography average at 20 Å: no automatic B, FSC weighting and low-pass only
+    assert sharpen.automatic_guinier_range(20.0, 32, 5.0) is None
+    truth = blurred(atom_map(32, 800, 0.3, 6), 100.0)
+    half1, half2 = half_maps(truth, 1.0, 7)  # noisy: resolution far worse than 8 Å
+    coarse = sharpen.sharpen_half_maps(half1, half2, 2 * PIXEL_A)
+    assert coarse.resolution_a > sharpen.WILSON_LIMIT_A and coarse.bfactor_a2 == 0.0
 
 
 def band_limited(shape, cutoff_a: float, rng) -> np.ndarray:

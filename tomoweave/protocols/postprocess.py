@@ -14,7 +14,7 @@ from pydantic import BaseModel, model_validator
 
 from tomoweave.algorithms.averaging.fsc import automatic_mask
 from tomoweave.algorithms.postprocess import local_resolution as locres
-from tomoweave.algorithms.postprocess.sharpen import sharpen_half_maps
+from tomoweave.algorithms.postprocess.sharpen import WILSON_LIMIT_A, sharpen_half_maps
 from tomoweave.engine import (
     Input,
     InputError,
@@ -87,7 +87,8 @@ class SharpenParams(BaseModel):
     mask_dilation_px: float = param(3.0, ge=0, unit="px", help="automatic mask: growth")
     mask_soft_px: float = param(4.0, gt=0, unit="px", help="automatic mask: cosine edge")
     bfactor_a2: float | None = param(None, unit="Å²", help="the map's B-factor to correct "
-                                     "(positive); default: fitted on the Guinier plot")
+                                     "(positive); default: fitted on the Guinier plot (maps "
+                                     "at 8 Å or better; coarser maps get none)")
     guinier_low_a: float | None = param(None, gt=0, unit="Å", help="lowest resolution of the "
                                         "Guinier fit (default 10 Å, or 1.5 × resolution)")
     guinier_high_a: float | None = param(None, gt=0, unit="Å", help="highest resolution of the "
@@ -145,9 +146,12 @@ class Sharpen(Protocol):
                                    guinier_range_a=span, fsc_weighted=params.fsc_weighting,
                                    guinier_masked=params.guinier_on == "masked",
                                    seed=params.seed)
+        fit = result.guinier
+        how = (f"Guinier {fit.range_a[0]:.1f}…{fit.range_a[1]:.1f} Å, r = {fit.correlation:.3f}"
+               if np.isfinite(fit.intercept) else "given" if params.bfactor_a2 is not None
+               else f"no automatic B at worse than {WILSON_LIMIT_A:g} Å: give bfactor_a2")
         context.log(f"{average.name}: {result.resolution_a:.2f} Å at FSC 0.143, B "
-                    f"{result.bfactor_a2:.1f} Å² (Guinier {result.guinier.range_a[0]:.1f}…"
-                    f"{result.guinier.range_a[1]:.1f} Å, r = {result.guinier.correlation:.3f})")
+                    f"{result.bfactor_a2:.1f} Å² ({how})")
         write = average_outputs.write_map
         paths = {"path": write(context, f"{average.name}_sharpened.mrc", result.sharpened, pixel)}
         if mask is not None:

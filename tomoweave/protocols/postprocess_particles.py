@@ -181,7 +181,11 @@ class MapBack(Protocol):
         "overlays it on the tomogram and a RELION particle STAR that ArtiaX opens.")
     citations = MAP_BACK_CITATIONS
     Params = MapBackParams
-    inputs = {"particles": Input(Particle, mapped=False, help="particles with refined poses"),
+    inputs = {"particles": Input(Particle, mapped=False, optional=True,
+                                 help="particles with refined poses"),
+              "subtomograms": Input(Subtomogram, mapped=False, optional=True,
+                                    help="or subtomograms: their refined particles (what "
+                                    "average.refine writes)"),
               "average": Input(Average, mapped=False, help="the average, or one per class"),
               "tomograms": Input(Tomogram, mapped=False, help="the tomograms (size, pixel)")}
     outputs = {"volumes": Output(Tomogram, help="one map-back volume per tomogram")}
@@ -191,7 +195,11 @@ class MapBack(Protocol):
         if not averages:
             raise InputError(f"{self.name}: input 'average' is empty")
         tomograms = {t.name: t.model_dump(mode="json") for t in inputs.get("tomograms") or []}
-        groups = particles_by_tomogram(list(inputs.get("particles") or []))
+        particles = list(inputs.get("particles") or []) + [
+            s.particle for s in inputs.get("subtomograms") or []]
+        if not particles:
+            raise InputError(f"{self.name}: give particles or subtomograms")
+        groups = particles_by_tomogram(particles)
         missing = sorted(set(groups) - set(tomograms))
         if missing:
             raise InputError(f"tomograms: none named {', '.join(missing)} (the particles' "

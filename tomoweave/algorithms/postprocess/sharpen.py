@@ -27,6 +27,7 @@ from tomoweave.algorithms.averaging.fsc import GoldStandardFsc, gold_standard_fs
 
 GUINIER_LOW_A = 10.0  # Rosenthal & Henderson: the Wilson regime starts near 10 Å
 MIN_FIT_SHELLS = 3
+WILSON_LIMIT_A = 8.0  # automatic B only for maps at this resolution or better
 
 
 @dataclass
@@ -87,10 +88,12 @@ def guinier_curve(spectrum: np.ndarray, box_px: int,
 
 
 def automatic_guinier_range(resolution_a: float, box_px: int,
-                            pixel_size_a: float) -> tuple[float, float]:
+                            pixel_size_a: float) -> tuple[float, float] | None:
     """(low, high) resolution in Å of the Guinier fit: 10 Å (RELION's default) down to the
-    resolution; a map at worse than ~7 Å starts at 1.5 × its resolution instead, and the range
-    widens to hold at least three shells.
+    resolution, widened to hold at least three shells; None for a map at worse than
+    ``WILSON_LIMIT_A``: below ~10 Å a protein's spectrum is not a straight line on the Guinier
+    plot (solvent contrast, secondary-structure peaks), so a fitted B would mean nothing —
+    such maps are FSC-weighted and low-passed only, unless a B-factor is given.
 
     Parameters
     ----------
@@ -100,9 +103,10 @@ def automatic_guinier_range(resolution_a: float, box_px: int,
         The map's grid (the shells lie at box · pixel / s Å).
     """
     high = max(float(resolution_a), 2.0 * pixel_size_a)
-    low = max(GUINIER_LOW_A, 1.5 * high)
+    if high > WILSON_LIMIT_A:
+        return None
     length_a = box_px * pixel_size_a
-    first = max(1, int(np.floor(length_a / low)))
+    first = max(1, int(np.floor(length_a / GUINIER_LOW_A)))
     last = int(np.floor(length_a / high + 1e-9))
     if last - first + 1 < MIN_FIT_SHELLS:
         first = max(1, last - MIN_FIT_SHELLS + 1)
@@ -160,7 +164,8 @@ def sharpen_half_maps(half1: np.ndarray, half2: np.ndarray, pixel_size_a: float,
     mask : (B, B, B) float, optional
         Soft solvent mask (0 … 1) for the mask-corrected FSC; None gives the unmasked FSC.
     bfactor_a2 : float, optional
-        The map's B-factor (Å², positive for decaying amplitudes) to correct; None fits it.
+        The map's B-factor (Å², positive for decaying amplitudes) to correct; None fits it
+        (or 0 — no correction — for a map too coarse for the automatic range).
     guinier_range_a : (low, high) Å, optional
         Range of the fit; None: :func:`automatic_guinier_range`.
     fsc_weighted : bool
@@ -184,12 +189,12 @@ def sharpen_half_maps(half1: np.ndarray, half2: np.ndarray, pixel_size_a: float,
     s2, ln_plain = guinier_curve(fitted, box, pixel_size_a)
     _, ln_weighted = guinier_curve(fitted * weighting, box, pixel_size_a)
     spectrum = spectrum * weighting
-    if bfactor_a2 is None:
-        span = guinier_range_a or automatic_guinier_range(fsc.resolution_a, box, pixel_size_a)
+    span = guinier_range_a or automatic_guinier_range(fsc.resolution_a, box, pixel_size_a)
+    if bfactor_a2 is None and span is not None:
         guinier = fit_guinier(s2, ln_weighted, span)
     else:
-        guinier = GuinierFit(float(bfactor_a2), float("nan"), float("nan"),
-                             tuple(guinier_range_a or (float("nan"), float("nan"))))
+        guinier = GuinierFit(float(bfactor_a2 or 0.0), float("nan"), float("nan"),
+                             tuple(span or (float("nan"), float("nan"))))
     spectrum = spectrum * bfactor_filter(box, pixel_size_a, -guinier.bfactor_a2)
     spectrum = spectrum * fourier.lowpass_filter((box,) * 3, pixel_size_a, fsc.resolution_a,
                                                  edge_width=edge_width_shells / box)
