@@ -110,3 +110,42 @@ def _field_rms_a(geometry: TiltGeometry, samples: int = 21) -> np.ndarray:
     points = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
     return np.array([np.sqrt(np.mean(np.sum(geometry.deformation_at(t, points) ** 2, axis=1)))
                      for t in range(len(geometry))])
+
+
+@dataclass
+class PlantedSeries:
+    """A simulated series ready for refinement: deformed contrast images, the planted
+    errors, and the particles (true positions and rotations, half sets by region)."""
+
+    images: np.ndarray
+    errors: ResidualErrors
+    positions_a: np.ndarray
+    rotations: np.ndarray
+    half_sets: np.ndarray
+
+
+def planted_series(folder, truth: SeriesTruth, *, seed: int = 0, pure_noise: bool = False,
+                   **error_options) -> PlantedSeries:
+    """Load a simulated series from ``folder``, plant residual errors
+    (:func:`plant_residual_errors` options) and deform its images.
+
+    ``pure_noise`` replaces the images by Gaussian noise of the same mean and spread per tilt
+    (no particle signal at all): a refinement must not find anything in it.
+    """
+    from pathlib import Path
+
+    from tomoweave.algorithms.averaging.halves import split_half_sets
+    from tomoweave.formats.mrc import read_mrc
+
+    stack, _ = read_mrc(Path(folder) / truth.stack_file)
+    contrast = (stack / stack.mean(axis=(1, 2), keepdims=True) - 1.0).astype(np.float32)
+    if pure_noise:
+        rng = np.random.default_rng([seed, 99])
+        contrast = (rng.standard_normal(contrast.shape)
+                    * contrast.std(axis=(1, 2), keepdims=True)).astype(np.float32)
+    errors = plant_residual_errors(truth, seed=seed, **error_options)
+    positions = truth.particle_positions_a()
+    rotations = np.array([p.rotation for p in truth.placed_particles], dtype=float)
+    radius = max(p.radius_a for p in truth.placed_particles)
+    halves = split_half_sets(positions, [truth.name] * len(positions), 2 * radius)
+    return PlantedSeries(errors.deform(contrast), errors, positions, rotations, halves)

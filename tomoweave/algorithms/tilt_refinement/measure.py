@@ -50,7 +50,8 @@ class Comparison:
 def compare_particles(images: np.ndarray, geometry: TiltGeometry, image_pixel_size_a: float,
                       positions_a: np.ndarray, rotations: np.ndarray, half_sets: np.ndarray,
                       references: dict, *, box_px: int, binning: float = 1.0,
-                      resolution_a: float, low_resolution_a: float = 200.0) -> Comparison:
+                      resolution_a: float, low_resolution_a: float = 200.0,
+                      motion_a: np.ndarray | None = None) -> Comparison:
     """Patches and reference slices of all particles at the current geometry.
 
     Parameters
@@ -64,6 +65,7 @@ def compare_particles(images: np.ndarray, geometry: TiltGeometry, image_pixel_si
     references : {half: (B, B, B) map} at ``image_pixel_size_a × binning`` Å/px, box B =
         ``box_px``, reference frame; each particle uses its half's.
     resolution_a, low_resolution_a : the band compared, Å.
+    motion_a : (N, T, 2) each particle's own displacement beyond the geometry, Å, optional.
     """
     positions = np.asarray(positions_a, dtype=float).reshape(-1, 3)
     halves = np.asarray(half_sets)
@@ -72,6 +74,8 @@ def compare_particles(images: np.ndarray, geometry: TiltGeometry, image_pixel_si
         raise ValueError(f"half sets {sorted(missing)} have no reference")
     matrices = geometry.matrices()
     offsets = geometry.offsets_a(positions)
+    if motion_a is not None:
+        offsets = offsets + motion_a
     patches, slices, heights, setups = [], [], [], {}
     for p, position in enumerate(positions):
         part = particle_patches(images, matrices, image_pixel_size_a, position, box_px,

@@ -67,6 +67,7 @@ def build_references(images: np.ndarray, geometry: TiltGeometry,
                      positions_a: np.ndarray, rotations: np.ndarray, half_sets: np.ndarray, *,
                      box_px: int, binning: float = 1.0, groups: int = 3,
                      defocus_offsets_a: np.ndarray | None = None,
+                     motion_a: np.ndarray | None = None,
                      mask: np.ndarray | None = None, seed: int = 0) -> References:
     """Half maps and leave-one-group-out maps from pseudo-subtomograms.
 
@@ -80,11 +81,14 @@ def build_references(images: np.ndarray, geometry: TiltGeometry,
     box_px, binning : the maps' box and binning (pseudo_subtomogram).
     groups : groups per half (1: plain half maps).
     defocus_offsets_a : (N,) per-particle defocus offsets (ctf.refine_ctf), optional.
+    motion_a : (N, T, 2) per-particle motion beyond the geometry (motion.smooth_motion), Å.
     mask : soft mask for the FSC, optional.
     """
     positions = np.asarray(positions_a, dtype=float).reshape(-1, 3)
     labels = assign_groups(half_sets, groups, seed)
     matrices, offsets = geometry.matrices(), geometry.offsets_a(positions)
+    if motion_a is not None:
+        offsets = offsets + motion_a
     builders: dict = {}
     pixel_out = None
     for p, position in enumerate(positions):
