@@ -94,6 +94,9 @@ class TiltSeries(_Item):
     image_size_xy: tuple[int, int] = Field(description="size of each tilt image, px (x, y)")
     tilts: list[TiltImage]
     alignment_residual_a: float | None = None
+    alignment_error_a: float | None = Field(
+        None, description="estimated error of the alignment, Å: half the disagreement of two "
+                          "alignments from independent halves of the data (None: not measured)")
     fiducials_a: list[list[float]] | None = Field(None, description="3D bead positions, Å")
     mdoc_path: str | None = None
 

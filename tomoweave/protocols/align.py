@@ -31,6 +31,7 @@ MIN_TILTS = 3
 REFINE_SLAB_FRACTION = 0.6
 TiltAxisMode = Literal["global", "per_tilt", "fixed"]
 TiltOffsetMethod = Literal["auto", "intensity", "beads", "none"]
+BeadPolarity = Literal["dark", "light", "auto"]
 _CITATIONS = [
     "Mastronarde DN, Held SR (2017) Automated tilt series alignment and tomographic "
     "reconstruction in IMOD. J Struct Biol 197:102-113. doi:10.1016/j.jsb.2016.07.011",
@@ -60,7 +61,11 @@ class SolverParams(BaseModel):
 class FiducialParams(SolverParams):
     bead_diameter_a: float = param(100.0, gt=0, unit="Å", help="gold bead diameter")
     detection_threshold: float = param(8.0, gt=0, help="bead detection threshold, in robust "
-                                                       "standard deviations of the LoG response")
+                                                       "standard deviations of the matched filter")
+    bead_polarity: BeadPolarity = param(
+        "auto", choices=["dark", "light", "auto"],
+        help="beads darker than the background (bright field), lighter (inverted contrast), "
+             "or auto: the one whose features look more like beads in the tilt nearest 0°")
     solve_magnification: bool = param(True, help="solve one magnification per tilt")
 
 
@@ -141,9 +146,12 @@ def attach_solution(
             residual_a=None if not np.isfinite(residual) else float(residual * pixel_size),
         )
     new.alignment_residual_a = float(solution.mean_residual_px * pixel_size)
-    for line in result.log:
+    error = result.estimated_error_px
+    new.alignment_error_a = float(error * pixel_size) if np.isfinite(error) else None
+    for line in result.log + result.warnings:
         context.log(line)
     context.log(
+        f"estimated error {error:.3f} px (independent halves); "
         f"mean residual {solution.mean_residual_px:.3f} px = "
         f"{solution.mean_residual_px * pixel_size / 10:.3f} nm; tilt axis (z_rot) "
         f"{np.mean(solution.z_rot_deg):.2f}°; tilt offset {solution.tilt_offset_deg:.2f}°; "
@@ -246,7 +254,8 @@ class AlignFiducial(Protocol):
         try:
             result = align_with_beads(
                 stack, tilts, z_rot, diameter_px, threshold=params.detection_threshold,
-                tilt_offset_method=params.tilt_offset_method, z_rot_mode=params.tilt_axis_mode,
+                tilt_offset_method=params.tilt_offset_method, polarity=params.bead_polarity,
+                z_rot_mode=params.tilt_axis_mode,
                 solve_magnification=params.solve_magnification, outlier_k=params.outlier_k)
         except NoBeadsError as error:
             raise ItemError(f"{item.name}: no usable gold beads: {error}. For a sample without "

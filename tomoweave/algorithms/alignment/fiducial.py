@@ -6,8 +6,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tomoweave.algorithms.alignment.beads import detect_beads, refine_centres
+from tomoweave.algorithms.alignment.beads import (
+    detect_beads,
+    fit_centres,
+    refine_centres,
+    resolve_polarity,
+)
 from tomoweave.algorithms.alignment.offset import tilt_offset_from_intensity
+from tomoweave.algorithms.alignment.quality import split_half_error, trust_warnings
 from tomoweave.algorithms.alignment.solver import (
     AlignmentSolution,
     flatten_points,
@@ -31,6 +37,9 @@ class TrackedSolution:
     observations_px: np.ndarray  # (P, T, 2) over the input tilts
     coarse_shifts_px: np.ndarray  # (T, 2)
     log: list[str] = field(default_factory=list)
+    # shift error estimated from independent halves of the data (px; NaN: not measurable)
+    estimated_error_px: float = float("nan")
+    warnings: list[str] = field(default_factory=list)
 
 
 def coarse_shifts_full_px(stack: np.ndarray, tilts_deg, z_rot_deg: float, max_size_px: int = 512):
@@ -41,17 +50,23 @@ def coarse_shifts_full_px(stack: np.ndarray, tilts_deg, z_rot_deg: float, max_si
     return shifts * factor
 
 
-def detect_in_stack(stack: np.ndarray, bead_diameter_px: float, threshold: float):
-    """Bead centres (x, y, px from the image centre) per tilt: found binned, refined at full size."""
+def detect_in_stack(stack: np.ndarray, bead_diameter_px: float, threshold: float,
+                    polarity: str = "dark"):
+    """Bead centres (x, y, px from the image centre) per tilt: found binned, refined at full size.
+
+    ``polarity`` is "dark" or "light" (see :func:`beads.resolve_polarity` for "auto")."""
     factor = max(1, int(bead_diameter_px // 6))
     size_xy = (stack.shape[2], stack.shape[1])
+    sign = -1.0 if polarity == "light" else 1.0
     detections = []
     for image in stack:
         binned = bin_image(image, factor)
-        found, _ = detect_beads(binned, bead_diameter_px / factor, threshold)
+        found, _ = detect_beads(binned, bead_diameter_px / factor, threshold, polarity=polarity)
         if factor > 1 and len(found):
             corner = binned_to_full_px(found, factor, size_xy) + np.array(size_xy) // 2
-            found = refine_centres(image, corner, bead_diameter_px) - np.array(size_xy) // 2
+            signed = sign * image
+            found = fit_centres(signed, refine_centres(signed, corner, bead_diameter_px),
+                                bead_diameter_px) - np.array(size_xy) // 2
         detections.append(found)
     return detections
 
@@ -118,6 +133,14 @@ def solve_covered(observations, tilts_deg, z_rot_deg, min_points_per_tilt=3, **o
     return solution, solved
 
 
+def _solved_axis_mode(solution: AlignmentSolution, solver_options: dict) -> str:
+    """The tilt-axis mode the final fit used ("fixed" when an uncertain axis was replaced)."""
+    mode = solver_options.get("z_rot_mode", "global")
+    if mode == "global" and not solution.z_rot_sigma_deg <= MAX_AXIS_SIGMA_DEG:
+        return "fixed"
+    return mode
+
+
 def align_with_beads(
     stack: np.ndarray,
     tilts_deg: np.ndarray,
@@ -127,6 +150,8 @@ def align_with_beads(
     search_radius_px: float | None = None,
     min_track_fraction: float = 0.3,
     tilt_offset_method: str = "auto",
+    *,
+    polarity: str = "auto",
     **solver_options,
 ) -> TrackedSolution:
     """Detect, track and solve a gold-bead alignment of one tilt series.
@@ -149,6 +174,8 @@ def align_with_beads(
         Tracks seen in fewer than this fraction of the tilts are dropped before solving.
     tilt_offset_method : {"auto", "intensity", "beads", "none"}
         How the tilt-angle offset is measured (see :func:`choose_tilt_offset`).
+    polarity : {"auto", "dark", "light"}
+        Beads darker or lighter than the background; auto decides on the tilt nearest 0°.
     solver_options
         Passed to :func:`solve_alignment` (z_rot_mode, solve_magnification, ...).
 
@@ -166,8 +193,12 @@ def align_with_beads(
     radius = 2.0 * bead_diameter_px if search_radius_px is None else search_radius_px
     log: list[str] = []
     coarse = coarse_shifts_full_px(stack, tilts, z_rot_deg)
-    detections = detect_in_stack(stack, bead_diameter_px, threshold)
     ref = int(np.argmin(np.abs(tilts)))
+    factor = max(1, int(bead_diameter_px // 6))
+    polarity, line = resolve_polarity(bin_image(stack[ref], factor), bead_diameter_px / factor,
+                                      polarity, threshold)
+    log.append(line)
+    detections = detect_in_stack(stack, bead_diameter_px, threshold, polarity)
     log.append(f"{len(detections[ref])} beads found at {tilts[ref]:.1f}°, "
                f"median {np.median([len(d) for d in detections]):.0f} per tilt")
     if len(detections[ref]) < 3:
@@ -196,6 +227,14 @@ def align_with_beads(
         solved = solved_again
     log.append(f"gap filling added {added} positions")
     log.extend(solution.log)
+    error, compared = split_half_error(
+        full[:, solved], tilts[solved], solution, (stack.shape[2], stack.shape[1]),
+        z_rot_mode=_solved_axis_mode(solution, solver_options),
+        solve_magnification=solver_options.get("solve_magnification", True),
+        outlier_k=solver_options.get("outlier_k", 4.0))
+    log.append(f"estimated alignment error {error:.3f} px (two halves of "
+               f"{int(solution.kept_points.sum())} beads, {compared} tilts)")
     means = stack.mean(axis=(1, 2))[solved]
     solution = choose_tilt_offset(solution, means, tilt_offset_method, log)
-    return TrackedSolution(solution, solved, full, coarse, log)
+    return TrackedSolution(solution, solved, full, coarse, log, error,
+                           trust_warnings(error, int(solution.kept_points.sum()), "beads"))
