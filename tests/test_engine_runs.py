@@ -140,7 +140,7 @@ def test_watch_mode_import_feeds_a_downstream_run_as_series_arrive(tmp_path, sha
     acquire("TS_01")
     importer = project.create_run("import.mdoc", params={
         "files": [str(incoming / "*.mdoc")], "watch": True, "settle_s": 0.2,
-        "stop_after_idle_s": 4.0, "dose_per_tilt_e_a2": 3.0}, name="import", executor="inline")
+        "stop_after_idle_s": 12.0, "dose_per_tilt_e_a2": 3.0}, name="import", executor="inline")
     consumer = project.create_run("tiltseries.bin", {"tilt_series": "import"}, {"binning": 2},
                                   name="bin", executor="inline")
     threads = [threading.Thread(target=lambda n=n: Project.open(project.root).execute(
@@ -148,8 +148,13 @@ def test_watch_mode_import_feeds_a_downstream_run_as_series_arrive(tmp_path, sha
     for thread in threads:
         thread.start()
         time.sleep(0.5)
-    time.sleep(1.5)
+    # TS_01 is processed while the importer still watches (it waits 12 s after the last
+    # arrival): polled, not slept, so a loaded machine is slower but not wrong
+    deadline = time.monotonic() + 10.0
+    while not project.items("bin") and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert [ts.name for ts in project.items("bin")] == ["TS_01"]  # processed before the end
+    assert project.get_run("import").state == "running"
     acquire("TS_02")
     for thread in threads:
         thread.join(timeout=60)
