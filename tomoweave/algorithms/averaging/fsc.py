@@ -78,7 +78,11 @@ def gold_standard_fsc(half1: np.ndarray, half2: np.ndarray, pixel_size_a: float,
     random1 = fourier.phase_randomise(half1, pixel_size_a, randomise_at_a, rng)
     random2 = fourier.phase_randomise(half2, pixel_size_a, randomise_at_a, rng)
     randomised = fourier.fourier_shell_correlation(random1, random2, mask)
-    corrected = fourier.mask_corrected_fsc(masked, randomised, shell)
+    # phase_randomise changes frequencies beyond shell / box: shell ``shell`` itself is only
+    # half randomised (its inner half keeps its phases), so its FSC_n is high and correcting it
+    # makes a dip; the correction starts at the first fully randomised shell (RELION 3.1 waits
+    # two shells for the same reason)
+    corrected = fourier.mask_corrected_fsc(masked, randomised, shell + 1)
     resolution = fourier.resolution_at_threshold(corrected, box, pixel_size_a, threshold)
     return GoldStandardFsc(frequencies, unmasked, masked, randomised, corrected, shell,
                            resolution, threshold)
