@@ -26,9 +26,10 @@ from tomoweave.engine.executors import make_executor
 from tomoweave.engine.inputs import find_run, load_input_items, resolve_inputs, split_reference
 from tomoweave.engine.registry import get_protocol
 from tomoweave.engine.runner import RunScheduler
-from tomoweave.model import item_types
+from tomoweave.model import ParticleTable
 from tomoweave.model.sets import RunState
 from tomoweave.store.catalog import Catalog, RunRecord
+from tomoweave.store.particle_tables import is_columnar, read_set, tomogram_particles
 from tomoweave.store.project_dir import ProjectLayout
 
 
@@ -157,11 +158,22 @@ class Project:
     def get_run(self, reference: str | int) -> Run:
         return Run(self, find_run(self.catalog, str(reference)))
 
-    def items(self, run: Run | str, output: str | None = None) -> list[BaseModel]:
-        """Model objects of a run's output (its only output when ``output`` is None)."""
+    def items(self, run: Run | str, output: str | None = None) -> list[BaseModel] | ParticleTable:
+        """Model objects of a run's output (its only output when ``output`` is None); particles
+        come as a ParticleTable: a sequence of Particle with columns as arrays."""
+        return read_set(self.catalog, self.output_set(run, output))
+
+    def particles(self, run: Run | str, output: str | None = None, *,
+                  tomogram: str | None = None) -> ParticleTable:
+        """The particles of a run's output as columns (``positions_a``, ``rotations``,
+        ``scores``…), all of them or those of one ``tomogram`` (only its tables are read)."""
         output_set = self.output_set(run, output)
-        types = item_types()
-        return [types[r.item_type].model_validate(r.data) for r in self.catalog.items(output_set.id)]
+        if not is_columnar(output_set.item_type):
+            raise InputError(f"output '{output_set.output}' holds {output_set.item_type} "
+                             "items, not particles")
+        if tomogram is not None:
+            return tomogram_particles(self.catalog, output_set.id, tomogram)
+        return read_set(self.catalog, output_set)
 
     def output_set(self, run: Run | str, output: str | None = None):
         if isinstance(run, Run):

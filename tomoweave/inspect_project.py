@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from tomoweave.api import Project, Run
+from tomoweave.engine.errors import InputError
 from tomoweave.engine.inputs import split_reference
-from tomoweave.model import item_types
 from tomoweave.model.sets import RunState, SetState, TaskState
-
+from tomoweave.store.particle_tables import set_page
 
 ACTIVE_RUN_STATES = (RunState.QUEUED, RunState.RUNNING)
 STOPPED = "stopped"  # a task or output whose run ended before it did (stopped, killed)
@@ -60,8 +60,13 @@ def status(project: Project) -> list[dict[str, Any]]:
     return [run_summary(project, run) for run in project.runs()]
 
 
-def show(project: Project, reference: str) -> dict[str, Any]:
-    """A run (with all its outputs) or one output ("RUN.OUTPUT"), with every item's fields."""
+def show(project: Project, reference: str, *, offset: int = 0,
+         limit: int | None = None) -> dict[str, Any]:
+    """A run (with all its outputs) or one output ("RUN.OUTPUT"), with the fields of items
+    ``offset`` … ``offset + limit`` of each output (all when ``limit`` is None); ``count`` is
+    the size of the whole set. Particle tables are paged without building particle objects."""
+    if offset < 0 or (limit is not None and limit < 0):
+        raise InputError(f"show: offset and limit must be >= 0, got {offset} and {limit}")
     run_record, output = split_reference(project.catalog, reference)
     run = project.get_run(str(run_record.id))
     record = run.record
@@ -75,15 +80,14 @@ def show(project: Project, reference: str) -> dict[str, Any]:
     sets = project.catalog.sets_of_run(run.id)
     if output is not None:
         sets = [project.output_set(run, output)]
-    types = item_types()
     rendered = {}
     for output_set in sets:
-        items = [types[r.item_type].model_validate(r.data).to_record()
-                 for r in project.catalog.items(output_set.id)]
+        items = set_page(project.catalog, output_set, offset, limit) if limit != 0 else []
         rendered[output_set.output] = {"type": output_set.item_type,
                                        "state": set_state_shown(details["state"],
                                                                 output_set.state),
-                                       "count": len(items), "items": items}
+                                       "count": project.catalog.count_items(output_set.id),
+                                       "offset": offset, "items": items}
     if output is not None:
         only = rendered[sets[0].output]
         return {"run": details, "output": sets[0].output, **only}

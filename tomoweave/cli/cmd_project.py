@@ -74,7 +74,7 @@ def execute_and_report(project: Project, protocol: str, inputs: dict, params: di
 
 
 def report_run_end(project: Project, run_view, as_json: bool) -> None:
-    summary = show(project, str(run_view.id))["run"]
+    summary = show(project, str(run_view.id), limit=0)["run"]
     if as_json:
         print_json(summary)
     else:
@@ -122,9 +122,14 @@ def status_command(project_dir: Path = ProjectOption, as_json: bool = JsonOption
 
 @handle_errors
 def show_command(reference: str = typer.Argument(..., help="RUN or RUN.OUTPUT"),
-                 project_dir: Path = ProjectOption, as_json: bool = JsonOption) -> None:
-    """Show a run or one of its outputs, with every item's fields."""
-    details = show(Project.open(project_dir), reference)
+                 project_dir: Path = ProjectOption, as_json: bool = JsonOption,
+                 offset: int = typer.Option(0, "--offset", min=0,
+                                            help="first item shown (paging)"),
+                 limit: int = typer.Option(None, "--limit", min=0,
+                                           help="items shown per output (default: all)")) -> None:
+    """Show a run or one of its outputs, with its items' fields (a page of them with
+    --offset/--limit; "count" is the size of the whole set)."""
+    details = show(Project.open(project_dir), reference, offset=offset, limit=limit)
     if as_json:
         print_json(details)
         return

@@ -6,9 +6,10 @@ from typing import Any
 
 from tomoweave.engine.errors import InputError
 from tomoweave.engine.protocol import Protocol
-from tomoweave.model import item_types
+from tomoweave.model.particle_table import ParticleTable
 from tomoweave.model.sets import SetState
 from tomoweave.store.catalog import Catalog, RunRecord, SetRecord
+from tomoweave.store.particle_tables import read_set
 
 
 class RunItems(list):
@@ -92,23 +93,33 @@ def resolve_inputs(catalog: Catalog, protocol: type[Protocol],
 
 def load_input_items(catalog: Catalog, protocol: type[Protocol],
                      set_ids: dict[str, list[int]]) -> tuple[dict[str, Any], dict[str, int]]:
-    """Items of each input (a list, or a list per run for ``multiple`` inputs), and for the
-    mapped input a map item name -> set id (for lineage)."""
-    types = item_types()
+    """Items of each input (a list, or a list per run for ``multiple`` inputs; particles as
+    one ParticleTable per set), and for the mapped input a map item name -> set id (lineage)."""
     loaded: dict[str, Any] = {}
     origin: dict[str, int] = {}
     mapped = protocol.mapped_input()
     for name, ids in set_ids.items():
         per_set = []
         for set_id in ids:
-            records = catalog.items(set_id)
             source = catalog.set_by_id(set_id)
-            per_set.append(RunItems([types[r.item_type].model_validate(r.data) for r in records],
-                                    catalog.run(source.run_id).name, source.output))
+            items = read_set(catalog, source)
+            run_name = catalog.run(source.run_id).name
+            if isinstance(items, ParticleTable):
+                items.run_name, items.output = run_name, source.output
+            else:
+                items = RunItems(items, run_name, source.output)
+            per_set.append(items)
             if name == mapped:
-                origin.update({r.key: set_id for r in records})
+                keys = items.names.tolist() if isinstance(items, ParticleTable) else \
+                    [i.name for i in items]
+                origin.update(dict.fromkeys(keys, set_id))
         spec = protocol.inputs[name]
-        loaded[name] = per_set if spec.multiple else [i for items in per_set for i in items]
+        if spec.multiple:
+            loaded[name] = per_set
+        elif per_set and all(isinstance(items, ParticleTable) for items in per_set):
+            loaded[name] = ParticleTable.concat(per_set)
+        else:
+            loaded[name] = [i for items in per_set for i in items]
     return loaded, origin
 
 

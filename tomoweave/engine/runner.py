@@ -13,6 +13,7 @@ import json
 import os
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from tomoweave.engine import checkpoint
@@ -25,8 +26,15 @@ from tomoweave.engine.registry import get_protocol
 from tomoweave.engine.run_log import RunLog
 from tomoweave.engine.task_events import EventRelay
 from tomoweave.engine.worker import encode_payload, execute_task
+from tomoweave.model.particle_table import ParticleTable
 from tomoweave.model.sets import RunState, SetState, TaskState
 from tomoweave.store.catalog import Catalog
+from tomoweave.store.particle_tables import (
+    TABLE_ITEM_TYPE,
+    TABLES_FOLDER,
+    is_columnar,
+    remove_stale_tables,
+)
 from tomoweave.store.project_dir import ProjectLayout
 
 STREAM_POLL_SECONDS = 2.0  # how often an open input is looked at for new items
@@ -97,11 +105,18 @@ class RunScheduler:
     def _loop(self) -> None:
         submitted: set[str] = set()
         last_new_task = time.time()
+        planned_for = None  # inputs signature of the last planning: unchanged inputs, same plan
         while True:
             still_open = inputs_open(self.catalog, self.input_set_ids) or \
                 self.protocol.still_producing(self.params, time.time() - last_new_task)
-            inputs, origin = load_input_items(self.catalog, self.protocol_class, self.input_set_ids)
-            tasks = [t for t in self.protocol.plan(self.params, inputs) if t.key not in submitted]
+            signature = inputs_signature(self.catalog, self.input_set_ids)
+            tasks = []
+            if signature != planned_for or not self.input_set_ids:
+                inputs, origin = load_input_items(self.catalog, self.protocol_class,
+                                                  self.input_set_ids)
+                tasks = [t for t in self.protocol.plan(self.params, inputs)
+                         if t.key not in submitted]
+                planned_for = signature
             if tasks:
                 last_new_task = time.time()
             if self.progress is not None:
@@ -183,11 +198,21 @@ class RunScheduler:
             by_set = {self.output_sets[name].id: records
                       for name, records in outcome["outputs"].items()}
             self.catalog.commit_task(self.run.id, task.key, digest, by_set, task.sources)
+            self._remove_stale_tables(task.key, outcome["outputs"])
             self.counts["done"] += 1
             self.log.write(f"{task.key}: done in {outcome['seconds']:.1f} s")
         if not worker_lost:  # the task ran to its end: nothing to continue from
             checkpoint.remove_checkpoint(context.checkpoint_path)
         self._advance()
+
+    def _remove_stale_tables(self, key: str, outputs: dict[str, list]) -> None:
+        """Particle tables of earlier attempts of this task (another digest) go."""
+        for name, output_set in self.output_sets.items():
+            if is_columnar(output_set.item_type):
+                kept = {Path(json.loads(data)["path"]).name for _, kind, data
+                        in outputs.get(name, []) if kind == TABLE_ITEM_TYPE}
+                folder = self.layout.root / self.run.folder / "outputs" / TABLES_FOLDER / name
+                remove_stale_tables(folder, key, kept)
 
     @property
     def cancel_path(self):
@@ -232,8 +257,17 @@ def _without_key(key: str, message: str) -> str:
     return message[len(key) + 1:].lstrip() if message.startswith(f"{key}:") else message
 
 
+def _digest_default(value: Any) -> Any:
+    """JSON stand-in of payload values json cannot encode: tables by their content digest."""
+    if isinstance(value, ParticleTable):
+        return value.content_digest()
+    return str(value)
+
+
 def _digest(protocol_class, params: dict, payload: Any, broadcast: dict[str, Any]) -> str:
     def plain(value: Any) -> Any:
+        if isinstance(value, ParticleTable):
+            return value.content_digest()
         if hasattr(value, "model_dump"):
             return value.model_dump(mode="json")
         if isinstance(value, list | tuple):
@@ -243,5 +277,5 @@ def _digest(protocol_class, params: dict, payload: Any, broadcast: dict[str, Any
     text = json.dumps({"protocol": protocol_class.name, "version": protocol_class.version,
                        "params": params, "payload": payload,
                        "inputs": {k: plain(v) for k, v in broadcast.items()}},
-                      sort_keys=True, default=str)
+                      sort_keys=True, default=_digest_default)
     return hashlib.sha256(text.encode()).hexdigest()

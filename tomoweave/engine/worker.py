@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from typing import Any
@@ -10,7 +11,18 @@ from pydantic import BaseModel
 
 from tomoweave.engine.context import ProcessContext
 from tomoweave.engine.errors import ItemError, TomoweaveError
+from tomoweave.model import Particle
 from tomoweave.model.item_registry import item_type_reference, resolve_item_type
+from tomoweave.model.particle_table import ParticleTable, as_particle_table
+from tomoweave.store.particle_tables import (
+    TABLE_ITEM_TYPE,
+    TABLE_KEY_PREFIX,
+    TABLES_FOLDER,
+    is_columnar,
+    table_file_name,
+    table_record,
+    write_particle_table,
+)
 
 
 def encode_payload(payload: Any) -> tuple[str | None, Any]:
@@ -38,7 +50,7 @@ def execute_task(protocol_name: str, params: dict, payload_type: str | None, pay
         protocol_class = get_protocol(protocol_name, protocol_module, check_programs=False)
         validated = protocol_class.Params(**params)
         result = protocol_class().process(decode_payload(payload_type, payload), validated, context)
-        outcome["outputs"] = _encode_outputs(protocol_class, result or {})
+        outcome["outputs"] = _encode_outputs(protocol_class, result or {}, context)
     except (ItemError, TomoweaveError) as error:
         outcome["error"] = str(error)
     except Exception as error:
@@ -52,22 +64,41 @@ def execute_task(protocol_name: str, params: dict, payload_type: str | None, pay
     return outcome
 
 
-def _encode_outputs(protocol_class, result: dict[str, Any]) -> dict[str, list[tuple[str, str, str]]]:
+def _encode_outputs(protocol_class, result: dict[str, Any],
+                    context: ProcessContext) -> dict[str, list[tuple[str, str, str]]]:
+    """(key, item type, JSON) rows for the catalog; particles go to one table file per output
+    (see store.particle_tables), written here, on the worker, and one row points at it."""
     encoded: dict[str, list[tuple[str, str, str]]] = {}
     for output_name, value in result.items():
         if output_name not in protocol_class.outputs:
             raise TomoweaveError(f"{protocol_class.name} returned undeclared output '{output_name}'")
         expected = protocol_class.outputs[output_name].item_type
-        values = value if isinstance(value, list | tuple) else [value]
-        records = []
-        for item in values:
-            if not isinstance(item, expected):
-                raise TomoweaveError(
-                    f"{protocol_class.name}: output '{output_name}' expects {expected.__name__},"
-                    f" got {type(item).__name__}")
-            records.append((item.name, expected.__name__, item.model_dump_json()))
-        encoded[output_name] = records
+        if isinstance(value, ParticleTable) and expected is not Particle:
+            raise TomoweaveError(f"{protocol_class.name}: output '{output_name}' expects "
+                                 f"{expected.__name__}, got a ParticleTable")
+        values = value if isinstance(value, list | tuple | ParticleTable) else [value]
+        if not isinstance(values, ParticleTable):
+            for item in values:
+                if not isinstance(item, expected):
+                    raise TomoweaveError(
+                        f"{protocol_class.name}: output '{output_name}' expects "
+                        f"{expected.__name__}, got {type(item).__name__}")
+        if is_columnar(expected.__name__):
+            encoded[output_name] = _table_rows(output_name, as_particle_table(values), context)
+        else:
+            encoded[output_name] = [(item.name, expected.__name__, item.model_dump_json())
+                                    for item in values]
     return encoded
+
+
+def _table_rows(output_name: str, table: ParticleTable,
+                context: ProcessContext) -> list[tuple[str, str, str]]:
+    if not len(table):
+        return []
+    folder = context.run_dir / "outputs" / TABLES_FOLDER / output_name
+    path = write_particle_table(folder / table_file_name(context.task_key, context.digest), table)
+    record = table_record(f"{TABLE_KEY_PREFIX}{context.task_key}", context.relative(path), table)
+    return [(f"{TABLE_KEY_PREFIX}{context.task_key}", TABLE_ITEM_TYPE, json.dumps(record))]
 
 
 def _limit_threads(n_threads: int) -> None:

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from tomoweave.formats import FormatWarning
-from tomoweave.geometry import dynamo_zxz_to_matrix, matrix_to_dynamo_zxz
-from tomoweave.model import Particle
+from tomoweave.geometry import dynamo_zxz_to_matrix, matrices_to_dynamo_zxz
+from tomoweave.model import Particle, as_particle_table
 
 _POSITION = ("x", "y", "z")
 _SHIFT = ("dx", "dy", "dz")
@@ -75,21 +75,24 @@ def write_dynamo_table(
     Returns the map of tomogram index (column 20) to tomogram name.
     """
     path = Path(path)
-    names = list(dict.fromkeys(p.tomogram for p in particles))
+    particles = as_particle_table(particles)
+    names = particles.tomogram_names()
     index_of = {name: i + 1 for i, name in enumerate(names)}
-    rows = []
-    for tag, particle in enumerate(particles, start=1):
-        size = np.asarray(_size_for(tomo_size_xyz, particle.tomogram, path))
-        position = np.asarray(particle.position_a) / pixel_size_a + size // 2 + 1.0
-        tdrot, tilt, narot = matrix_to_dynamo_zxz(particle.rotation_matrix)
-        rows.append({"tag": tag, "aligned_value": 1, "tdrot": tdrot, "tilt": tilt,
-                     "narot": narot, "cc": particle.score or 0.0,
-                     "tomo": index_of[particle.tomogram], "class": particle.class_id or 1,
-                     "x": position[0], "y": position[1], "z": position[2],
-                     "apix": pixel_size_a})
+    tomo = pd.Series(particles.tomograms).map(index_of).to_numpy(dtype=int)
+    sizes = np.array([[0, 0, 0]] + [list(_size_for(tomo_size_xyz, n, path)) for n in names])
+    position = particles.positions_a / pixel_size_a + sizes[tomo] // 2 + 1.0
+    angles = matrices_to_dynamo_zxz(particles.rotations).reshape(-1, 3)
+    scores, classes = particles.scores, particles.class_ids
+    count = len(particles)
+    columns = {"tag": np.arange(1, count + 1), "aligned_value": np.ones(count, dtype=int),
+               "tdrot": angles[:, 0], "tilt": angles[:, 1], "narot": angles[:, 2],
+               "cc": np.where(np.isfinite(scores), scores, 0.0), "tomo": tomo,
+               "class": np.where(np.isfinite(classes) & (classes != 0), classes, 1).astype(int),
+               "x": position[:, 0], "y": position[:, 1], "z": position[:, 2],
+               "apix": np.full(count, float(pixel_size_a))}
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.stem}.tmp.tbl")
-    dynamotable.write(pd.DataFrame(rows), str(temporary))
+    dynamotable.write(pd.DataFrame(columns), str(temporary))
     temporary.replace(path)
     doc = path.with_suffix(".doc")
     doc.write_text("".join(f"{index_of[n]} {n}\n" for n in names), encoding="utf-8")

@@ -39,6 +39,7 @@ from tomoweave.model import (
     TiltImage,
     TiltSeries,
     Tomogram,
+    as_particle_table,
 )
 
 ALIGNMENT_COLUMNS = ("rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst",
@@ -283,7 +284,7 @@ def write_relion5_export(
                         for name in (t.name, t.tilt_series or t.name)}
         acquisitions.update({s.name: s.acquisition for s in series})
         if acquisition is not None:
-            missing = {p.tomogram for p in particles} - set(acquisitions)
+            missing = set(as_particle_table(particles).tomogram_names()) - set(acquisitions)
             acquisitions.update({name: acquisition for name in missing})
         write_relion5_particles(out / "particles.star", particles, acquisitions)
         written.append(out / "particles.star")

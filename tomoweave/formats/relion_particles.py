@@ -33,11 +33,12 @@ from tomoweave.formats.star_io import (
 )
 from tomoweave.geometry import (
     centered_a_to_pixels,
-    matrix_to_relion_zyz,
+    matrices_to_relion_zyz,
     pixels_to_centered_a,
-    relion_zyz_to_matrix,
+    relion_zyz_to_matrices,
 )
-from tomoweave.model import Acquisition, Particle
+from tomoweave.model import Acquisition, Particle, ParticleTable, as_particle_table
+from tomoweave.model.particle_table import ParticleTableError
 
 ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 SUBTOMO_ANGLES = ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
@@ -60,7 +61,7 @@ def _particles_block(path: Path) -> tuple[str, pd.DataFrame, dict]:
     return name, blocks[name], blocks
 
 
-def read_relion5_particles(path: str | Path) -> list[Particle]:
+def read_relion5_particles(path: str | Path) -> ParticleTable:
     """Particles of a RELION 5 particles STAR (centred coordinates in Å)."""
     path = Path(path)
     block, table, _ = _particles_block(path)
@@ -74,7 +75,7 @@ def read_relion4_particles(
     path: str | Path,
     pixel_size_a: float | None = None,
     tomo_size_xyz: tuple[int, int, int] | Mapping[str, tuple[int, int, int]] | None = None,
-) -> list[Particle]:
+) -> ParticleTable:
     """Particles of a RELION 3/4 STAR: ``rlnCoordinateX/Y/Z`` in pixels from the corner.
 
     ``pixel_size_a`` is the pixel size the coordinates are in (default: the optics table's
@@ -103,23 +104,23 @@ def read_relion4_particles(
                       centred - star_origins(path, block, table))
 
 
-def _particles(path: Path, block: str, table: pd.DataFrame, positions: np.ndarray) -> list[Particle]:
+def _particles(path: Path, block: str, table: pd.DataFrame,
+               positions: np.ndarray) -> ParticleTable:
     rotations = star_rotations(path, block, table)
-    names = table["rlnTomoName"].astype(str).to_numpy()
-    ids = (table["rlnTomoParticleName"].astype(str).to_numpy() if "rlnTomoParticleName"
-           in table.columns else [f"{n}/{i + 1}" for i, n in enumerate(names)])
-    classes = (numeric_column(table, "rlnClassNumber", path, block).to_numpy()
-               if "rlnClassNumber" in table.columns else None)
-    scores = (numeric_column(table, "rlnMaxValueProbDistribution", path, block).to_numpy()
-              if "rlnMaxValueProbDistribution" in table.columns else None)
-    return [
-        Particle(name=str(ids[i]), tomogram=str(names[i]),
-                 position_a=tuple(float(v) for v in positions[i]),
-                 rotation=rotations[i].tolist(),
-                 class_id=int(classes[i]) if classes is not None else None,
-                 score=float(scores[i]) if scores is not None else None)
-        for i in range(len(table))
-    ]
+    names = table["rlnTomoName"].astype(str).to_numpy(dtype=object)
+    ids = (table["rlnTomoParticleName"].astype(str).to_numpy(dtype=object)
+           if "rlnTomoParticleName" in table.columns
+           else np.array([f"{n}/{i + 1}" for i, n in enumerate(names)], dtype=object))
+    columns = {"name": ids, "tomogram": names, "position_a": positions, "rotation": rotations}
+    if "rlnClassNumber" in table.columns:
+        columns["class_id"] = numeric_column(table, "rlnClassNumber", path, block).to_numpy()
+    if "rlnMaxValueProbDistribution" in table.columns:
+        columns["score"] = numeric_column(table, "rlnMaxValueProbDistribution", path,
+                                          block).to_numpy()
+    try:
+        return ParticleTable(columns)
+    except ParticleTableError as error:
+        raise StarFormatError(f"{path.name}: data_{block}: {error}") from None
 
 
 def star_rotations(path: Path, block: str, table: pd.DataFrame) -> np.ndarray:
@@ -128,7 +129,7 @@ def star_rotations(path: Path, block: str, table: pd.DataFrame) -> np.ndarray:
     if any(c in table.columns for c in ANGLES):
         require_columns(table, ANGLES, path, block, "particle orientations")
         angles = np.stack([numeric_column(table, c, path, block) for c in ANGLES], axis=1)
-        rotations = np.array([relion_zyz_to_matrix(*a) for a in angles])
+        rotations = relion_zyz_to_matrices(angles)
     return _subtomogram_frames(path, block, table) @ rotations
 
 
@@ -137,7 +138,7 @@ def _subtomogram_frames(path: Path, block: str, table: pd.DataFrame) -> np.ndarr
     if any(c in table.columns for c in SUBTOMO_ANGLES):
         require_columns(table, SUBTOMO_ANGLES, path, block, "the subtomogram frame")
         angles = np.stack([numeric_column(table, c, path, block) for c in SUBTOMO_ANGLES], axis=1)
-        frames = np.array([relion_zyz_to_matrix(*a) for a in angles])
+        frames = relion_zyz_to_matrices(angles)
     return frames.reshape(-1, 3, 3)
 
 
@@ -169,9 +170,17 @@ def _size_for(sizes, name: str, path: Path) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
-def _angle_columns(particles: Sequence[Particle]) -> dict[str, list[float]]:
-    angles = np.array([matrix_to_relion_zyz(p.rotation_matrix) for p in particles]).reshape(-1, 3)
-    return {column: angles[:, i].tolist() for i, column in enumerate(ANGLES)}
+def _angle_columns(particles: Sequence[Particle]) -> dict[str, np.ndarray]:
+    angles = matrices_to_relion_zyz(as_particle_table(particles).rotations).reshape(-1, 3)
+    return {column: angles[:, i] for i, column in enumerate(ANGLES)}
+
+
+def _class_numbers(particles: ParticleTable) -> np.ndarray | None:
+    """rlnClassNumber when any particle has a class (RELION's 1 for those without)."""
+    classes = particles.class_ids
+    if not np.isfinite(classes).any():
+        return None
+    return np.where(np.isfinite(classes) & (classes != 0), classes, 1).astype(int)
 
 
 def _optics(pixel_size_a: float, voltage_kv: float, cs_mm: float, amplitude: float) -> pd.DataFrame:
@@ -220,16 +229,18 @@ def write_relion5_particles(
     tomogram name); its pixel size is the tilt series' (RELION's rlnTomoTiltSeriesPixelSize),
     not the tomogram's. See ``relion5_optics``.
     """
-    optics, group_of = relion5_optics([p.tomogram for p in particles], acquisitions)
-    positions = np.array([p.position_a for p in particles], dtype=float).reshape(-1, 3)
-    table = {"rlnTomoName": [p.tomogram for p in particles],
-             "rlnTomoParticleName": [p.name for p in particles]}
-    table.update({c: positions[:, i].tolist() for i, c in enumerate(CENTRED)})
+    particles = as_particle_table(particles)
+    tomograms = particles.tomograms
+    optics, group_of = relion5_optics(particles.tomogram_names(), acquisitions)
+    positions = particles.positions_a
+    table = {"rlnTomoName": tomograms, "rlnTomoParticleName": particles.names}
+    table.update({c: positions[:, i] for i, c in enumerate(CENTRED)})
     table.update(_angle_columns(particles))
-    table.update({c: [0.0] * len(particles) for c in ORIGIN})
-    table["rlnOpticsGroup"] = [group_of[p.tomogram] for p in particles]
-    if any(p.class_id is not None for p in particles):
-        table["rlnClassNumber"] = [p.class_id or 1 for p in particles]
+    table.update({c: np.zeros(len(particles)) for c in ORIGIN})
+    table["rlnOpticsGroup"] = pd.Series(tomograms).map(group_of).to_numpy(dtype=int)
+    classes = _class_numbers(particles)
+    if classes is not None:
+        table["rlnClassNumber"] = classes
     write_star_blocks(path, {
         "general": {"rlnTomoSubTomosAre2DStacks": 1},
         "optics": optics,
@@ -247,6 +258,7 @@ def write_relion4_particles(
     ``micrograph_suffix`` adds rlnMicrographName = tomogram + suffix (Warp names ``.tomostar``).
     """
     path = Path(path)
+    particles = as_particle_table(particles)
     corner = np.array([
         centered_a_to_pixels(p.position_a, _size_for(tomo_size_xyz, p.tomogram, path),
                              pixel_size_a) for p in particles]).reshape(-1, 3)
@@ -257,8 +269,9 @@ def write_relion4_particles(
     table.update(_angle_columns(particles))
     table.update({c: [0.0] * len(particles) for c in ORIGIN})
     table["rlnOpticsGroup"] = [1] * len(particles)
-    if any(p.class_id is not None for p in particles):
-        table["rlnClassNumber"] = [p.class_id or 1 for p in particles]
+    classes = _class_numbers(particles)
+    if classes is not None:
+        table["rlnClassNumber"] = classes
     optics = _optics(pixel_size_a, voltage_kv, cs_mm, amplitude_contrast)
     optics["rlnImagePixelSize"] = pixel_size_a
     write_star_blocks(path, {"optics": optics, "particles": pd.DataFrame(table)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,18 +14,32 @@ class StarFormatError(ValueError):
     """A malformed or incomplete STAR file; names the file, block/column and what was expected."""
 
 
+_RECENT_FILES = 4  # parsed files kept: detecting a format, planning and validating a run
+_recent: OrderedDict[tuple, dict] = OrderedDict()  # read the same file several times
+
+
 def read_star_blocks(path: str | Path) -> dict[str, pd.DataFrame | dict]:
-    """All data blocks of a STAR file, by name (``starfile`` with errors that name the file)."""
+    """All data blocks of a STAR file, by name (``starfile`` with errors that name the file).
+
+    The last few files parsed are kept (by path, size and modification time) and returned as
+    copies, so a 10⁵-row file read again while a run is planned is not parsed again."""
     path = Path(path)
     if not path.is_file():
         raise StarFormatError(f"{path}: no such file")
-    try:
-        blocks = starfile.read(path, always_dict=True, parse_as_string=["rlnTomoName"])
-    except Exception as error:  # starfile/pandas raise many kinds; keep the file name
-        raise StarFormatError(f"{path.name}: not a readable STAR file ({error})") from error
-    if not blocks:
-        raise StarFormatError(f"{path.name}: no data_ block")
-    return blocks
+    status = path.stat()
+    key = (str(path.resolve()), status.st_size, status.st_mtime_ns)
+    if key not in _recent:
+        try:
+            blocks = starfile.read(path, always_dict=True, parse_as_string=["rlnTomoName"])
+        except Exception as error:  # starfile/pandas raise many kinds; keep the file name
+            raise StarFormatError(f"{path.name}: not a readable STAR file ({error})") from error
+        if not blocks:
+            raise StarFormatError(f"{path.name}: no data_ block")
+        _recent[key] = blocks
+        while len(_recent) > _RECENT_FILES:
+            _recent.popitem(last=False)
+    _recent.move_to_end(key)
+    return {name: block.copy() for name, block in _recent[key].items()}
 
 
 def star_table(path: str | Path, block: str | None = None,

@@ -10,11 +10,15 @@ from tomoweave.geometry.coordinates import (
     pixels_to_centered_a,
 )
 from tomoweave.geometry.euler import (
+    dynamo_zxz_to_matrices,
     dynamo_zxz_to_matrix,
     eman_to_matrix,
+    matrices_to_dynamo_zxz,
+    matrices_to_relion_zyz,
     matrix_to_dynamo_zxz,
     matrix_to_eman,
     matrix_to_relion_zyz,
+    relion_zyz_to_matrices,
     relion_zyz_to_matrix,
 )
 from tomoweave.geometry.projection import (
@@ -34,7 +38,11 @@ __all__ = [
     "center_index",
     "centered_a_to_pixels",
     "pixels_to_centered_a",
+    "dynamo_zxz_to_matrices",
     "dynamo_zxz_to_matrix",
+    "matrices_to_dynamo_zxz",
+    "matrices_to_relion_zyz",
+    "relion_zyz_to_matrices",
     "eman_to_matrix",
     "matrix_to_dynamo_zxz",
     "matrix_to_eman",

@@ -99,3 +99,86 @@ def _wrap(angle_rad: float) -> float:
     degrees = float(np.degrees(angle_rad))
     degrees = (degrees + 180.0) % 360.0 - 180.0
     return 180.0 if degrees == -180.0 else degrees
+
+
+# many at once ---------------------------------------------------------------------------
+def _rotations(axis: str, angles_deg: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) active rotations about ``axis`` (as geometry.rotations, vectorised)."""
+    radians = np.radians(np.asarray(angles_deg, dtype=float))
+    c, s = np.cos(radians), np.sin(radians)
+    one, zero = np.ones_like(c), np.zeros_like(c)
+    rows = {"x": ((one, zero, zero), (zero, c, -s), (zero, s, c)),
+            "y": ((c, zero, s), (zero, one, zero), (-s, zero, c)),
+            "z": ((c, -s, zero), (s, c, zero), (zero, zero, one))}[axis]
+    return np.stack([np.stack(row, axis=-1) for row in rows], axis=-2)
+
+
+def relion_zyz_to_matrices(angles_deg: np.ndarray) -> np.ndarray:
+    """``relion_zyz_to_matrix`` of each row.
+
+    Parameters
+    ----------
+    angles_deg : (N, 3) float
+        RELION (rot, tilt, psi) per particle, degrees.
+
+    Returns
+    -------
+    (N, 3, 3) active rotation matrices.
+    """
+    a = np.asarray(angles_deg, dtype=float).reshape(-1, 3)
+    product = _rotations("z", a[:, 0]) @ _rotations("y", a[:, 1]) @ _rotations("z", a[:, 2])
+    return product.transpose(0, 2, 1)
+
+
+def matrices_to_relion_zyz(matrices: np.ndarray) -> np.ndarray:
+    """``matrix_to_relion_zyz`` of each matrix: (N, 3, 3) -> (N, 3) (rot, tilt, psi), degrees."""
+    m = np.asarray(matrices, dtype=float).reshape(-1, 3, 3).transpose(0, 2, 1)
+    return _decompose_many(m, "y", gimbal_into_first=True)
+
+
+def dynamo_zxz_to_matrices(angles_deg: np.ndarray) -> np.ndarray:
+    """``dynamo_zxz_to_matrix`` of each row of (N, 3) (tdrot, tilt, narot), degrees."""
+    a = np.asarray(angles_deg, dtype=float).reshape(-1, 3)
+    product = _rotations("z", a[:, 2]) @ _rotations("x", a[:, 1]) @ _rotations("z", a[:, 0])
+    return product.transpose(0, 2, 1)
+
+
+def matrices_to_dynamo_zxz(matrices: np.ndarray) -> np.ndarray:
+    """``matrix_to_dynamo_zxz`` of each matrix: (N, 3, 3) -> (N, 3) (tdrot, tilt, narot)."""
+    m = np.asarray(matrices, dtype=float).reshape(-1, 3, 3).transpose(0, 2, 1)
+    narot_tilt_tdrot = _decompose_many(m, "x", gimbal_into_first=False)
+    return narot_tilt_tdrot[:, ::-1].copy()
+
+
+def _decompose_many(m: np.ndarray, middle_axis: str, gimbal_into_first: bool) -> np.ndarray:
+    """``_decompose`` of each (3, 3) block of ``m`` (N, 3, 3): (N, 3) degrees, same rules."""
+    sin_b = np.hypot(m[:, 2, 0], m[:, 2, 1])
+    b = np.arctan2(sin_b, m[:, 2, 2])
+    if middle_axis == "y":
+        a = np.arctan2(m[:, 1, 2], m[:, 0, 2])
+        c = np.arctan2(m[:, 2, 1], -m[:, 2, 0])
+    else:
+        a = np.arctan2(m[:, 0, 2], -m[:, 1, 2])
+        c = np.arctan2(m[:, 2, 0], m[:, 2, 1])
+    locked = ~(sin_b > _GIMBAL_EPS)
+    in_plane = np.arctan2(m[:, 1, 0], m[:, 0, 0])
+    if middle_axis == "y":
+        flipped = np.arctan2(-m[:, 1, 0], -m[:, 0, 0])
+        flipped_c = -flipped
+    else:
+        flipped, flipped_c = in_plane, -in_plane
+    upright = m[:, 2, 2] > 0
+    lock_a = np.where(upright, in_plane, flipped)
+    lock_c = np.where(upright, in_plane, flipped_c)
+    if gimbal_into_first:
+        a = np.where(locked, lock_a, a)
+        c = np.where(locked, 0.0, c)
+    else:
+        a = np.where(locked, 0.0, a)
+        c = np.where(locked, lock_c, c)
+    return np.stack([_wrap_many(a), np.degrees(b), _wrap_many(c)], axis=1)
+
+
+def _wrap_many(angles_rad: np.ndarray) -> np.ndarray:
+    degrees = (np.degrees(angles_rad) + 180.0) % 360.0 - 180.0
+    return np.where(degrees == -180.0, 180.0, degrees)

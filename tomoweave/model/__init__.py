@@ -25,6 +25,7 @@ from tomoweave.model.items import (
     item_types,
     particles_by_tomogram,
 )
+from tomoweave.model.particle_table import ParticleTable, as_particle_table
 from tomoweave.model.sets import SetState
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "FscShell",
     "Item",
     "Particle",
+    "ParticleTable",
     "Segmentation",
     "SetState",
     "Subtomogram",
@@ -44,6 +46,7 @@ __all__ = [
     "Tomogram",
     "Volume",
     "item_type_name",
+    "as_particle_table",
     "item_types",
     "particles_by_tomogram",
     "register_item_type",

@@ -293,7 +293,10 @@ class Segmentation(_Item):
 
 
 def particles_by_tomogram(particles: list[Particle]) -> dict[str, list[Particle]]:
-    """Particles grouped by the tomogram they belong to, tomograms in order of first appearance."""
+    """Particles grouped by the tomogram they belong to, tomograms in order of first appearance
+    (a ParticleTable gives one table per tomogram, without building particle objects)."""
+    if hasattr(particles, "by_tomogram"):
+        return particles.by_tomogram()
     groups: dict[str, list[Particle]] = {}
     for particle in particles:
         groups.setdefault(particle.tomogram, []).append(particle)

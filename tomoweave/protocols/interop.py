@@ -27,7 +27,14 @@ from tomoweave.engine import (
 from tomoweave.formats.copick import read_ome_zarr
 from tomoweave.formats.dynamo import read_em
 from tomoweave.formats.mrc import write_mrc
-from tomoweave.model import Particle, Subtomogram, TiltSeries, Tomogram, Volume, particles_by_tomogram
+from tomoweave.model import (
+    Particle,
+    Subtomogram,
+    TiltSeries,
+    Tomogram,
+    Volume,
+    as_particle_table,
+)
 from tomoweave.protocols.imports import _link, expand_files, series_name
 
 MATCH_TOLERANCE_DEG = 1.0
@@ -91,11 +98,11 @@ class InteropImport(Protocol):
             tasks += [Task(key=f"tomogram:{t.name}", payload=t) for t in loaded.tomograms]
             tasks += [Task(key=f"volume:{v.name}", payload=v) for v in loaded.volumes]
             subtomograms = {s.name: s for s in loaded.subtomograms}
-            for tomogram, group in particles_by_tomogram(loaded.particles).items():
+            for tomogram, group in as_particle_table(loaded.particles).by_tomogram().items():
                 tasks.append(Task(key=f"particles:{tomogram}", payload={
-                    "particles": [p.model_dump(mode="json") for p in group],
-                    "subtomograms": [subtomograms[p.name].model_dump(mode="json")
-                                     for p in group if p.name in subtomograms]}))
+                    "particles": group,  # a table: no object per particle
+                    "subtomograms": [subtomograms[n].model_dump(mode="json")
+                                     for n in group.names.tolist() if n in subtomograms]}))
         if not tasks:
             raise InputError(f"{self.name}: the files hold no tilt series or particles")
         return tasks
@@ -110,8 +117,8 @@ class InteropImport(Protocol):
                 context: ProcessContext) -> dict[str, Any]:
         empty = {name: [] for name in self.outputs}
         if isinstance(payload, dict) and "particles" in payload:
-            particles = [Particle.model_validate(p) for p in payload["particles"]]
-            context.log(f"{len(particles)} particles of {particles[0].tomogram}")
+            particles = as_particle_table(payload["particles"])
+            context.log(f"{len(particles)} particles of {particles.tomograms[0]}")
             subtomograms = [_link_subtomogram(Subtomogram.model_validate(s), context)
                             for s in payload.get("subtomograms", [])]
             return {**empty, "particles": particles, "subtomograms": subtomograms}

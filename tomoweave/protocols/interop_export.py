@@ -18,7 +18,14 @@ from tomoweave.engine import Input, InputError, ItemError, ProcessContext, Proto
 from tomoweave.formats import FormatWarning, copick, dynamo, eman, relion5, warp
 from tomoweave.formats.imod_extra import write_imod_particles
 from tomoweave.formats.mrc import read_mrc
-from tomoweave.model import Acquisition, Particle, TiltSeries, Tomogram, particles_by_tomogram
+from tomoweave.model import (
+    Acquisition,
+    Particle,
+    TiltSeries,
+    Tomogram,
+    as_particle_table,
+    particles_by_tomogram,
+)
 
 
 class InteropExportParams(BaseModel):
@@ -61,7 +68,7 @@ class InteropExport(Protocol):
         out = Path(payload["out_dir"])
         out.mkdir(parents=True, exist_ok=True)
         series = [_absolute_paths(s, context) for s in context.inputs.get("tilt_series") or []]
-        particles = list(context.inputs.get("particles") or [])
+        particles = as_particle_table(context.inputs.get("particles") or [])
         tomograms = list(context.inputs.get("tomograms") or [])
         tomograms = [_absolute_tomogram(t, context) for t in tomograms]
         with warnings.catch_warnings(record=True) as notes:

@@ -26,30 +26,23 @@ from tomoweave.engine import (
     param,
 )
 from tomoweave.formats.mrc import MrcError, read_mrc
-from tomoweave.model import Particle, Segmentation, particles_by_tomogram
+from tomoweave.model import Particle, ParticleTable, Segmentation, as_particle_table
 
 
-def _dump(particles: list[Particle]) -> list[dict]:
-    return [p.model_dump(mode="json") for p in particles]
-
-
-def _load(records: list[dict]) -> list[Particle]:
-    return [Particle(**record) for record in records]
-
-
-def _positions(particles: list[Particle]) -> np.ndarray:
-    return np.array([p.position_a for p in particles], dtype=float).reshape(-1, 3)
+def _load(particles: Any) -> ParticleTable:
+    """The payload's particles as a table (tables arrive as they are)."""
+    return as_particle_table(particles)
 
 
 class _PerTomogram(Protocol):
-    """Base: one task per tomogram holding that tomogram's particles."""
+    """Base: one task per tomogram holding that tomogram's particles (a table slice)."""
 
     inputs = {"particles": Input(Particle, help="picked particles")}
     outputs = {"particles": Output(Particle, help="the particles kept")}
 
     def plan(self, params: Any, inputs: dict[str, Any]) -> list[Task]:
-        groups = particles_by_tomogram(inputs.get("particles", []))
-        return [Task(key=name, payload={"particles": _dump(groups[name])}) for name in sorted(groups)]
+        groups = as_particle_table(inputs.get("particles", [])).by_tomogram()
+        return [Task(key=name, payload={"particles": groups[name]}) for name in sorted(groups)]
 
 
 # ----------------------------------------------------------------------------- consensus
@@ -79,28 +72,32 @@ class Consensus(Protocol):
                              f"{len(sets)}")
         if params.min_sets > len(sets):
             raise InputError(f"min_sets {params.min_sets} exceeds the {len(sets)} runs given")
-        names = sorted({p.tomogram for group in sets for p in group})
-        return [Task(key=name, payload={"sets": [_dump([p for p in group if p.tomogram == name])
-                                                 for group in sets]}) for name in names]
+        tables = [as_particle_table(group) for group in sets]
+        names = sorted({n for table in tables for n in table.tomogram_names()})
+        return [Task(key=name, payload={"sets": [t.take(t.tomograms == name) for t in tables]})
+                for name in names]
 
     def process(self, payload: dict, params: ConsensusParams,
                 context: ProcessContext) -> dict[str, Any]:
         sets = [_load(records) for records in payload["sets"]]
-        result = pp.consensus([_positions(s) for s in sets], params.tolerance_a, params.min_sets)
-        kept = []
-        for index, group in enumerate(result.groups):
-            members = [sets[s][i] for s, i in group]
-            best = max(members, key=lambda p: p.score if p.score is not None else -np.inf)
-            position = np.mean([m.position_a for m in members], axis=0)
-            kept.append(best.model_copy(update={
-                "name": f"{best.tomogram}_c{index:04d}",
-                "position_a": tuple(float(v) for v in position)}))
+        result = pp.consensus([s.positions_a for s in sets], params.tolerance_a, params.min_sets)
+        best_rows, positions = [], []
+        for group in result.groups:
+            scores = [sets[s].scores[i] for s, i in group]
+            scores = [-np.inf if np.isnan(v) else v for v in scores]
+            best_rows.append(group[int(np.argmax(scores))])
+            positions.append(np.mean([sets[s].positions_a[i] for s, i in group], axis=0))
+        kept = ParticleTable.concat([sets[s].take([i]) for s, i in best_rows])
+        if len(kept):
+            kept = kept.with_columns(
+                name=[f"{t}_c{index:04d}" for index, t in enumerate(kept.tomograms.tolist())],
+                position_a=np.array(positions))
         stats = result.statistics
         context.log(f"sets of {stats['set_sizes']} particles; groups by number of sets "
                     f"agreeing {stats['groups_by_support']}; pairwise agreement "
                     f"{ {k: round(v, 3) for k, v in stats['pairwise_agreement'].items()} }; "
                     f"kept {len(kept)} (K = {params.min_sets})")
-        name = next((group[0].tomogram for group in sets if group), "tomogram")
+        name = next((group.tomograms[0] for group in sets if len(group)), "tomogram")
         context.output_path(f"{name}_consensus.json").write_text(
             json.dumps({k: v if not isinstance(v, dict) else {str(a): b for a, b in v.items()}
                         for k, v in stats.items()}, indent=1))
@@ -124,11 +121,11 @@ class RemoveDuplicates(_PerTomogram):
     def process(self, payload: dict, params: DuplicatesParams,
                 context: ProcessContext) -> dict[str, Any]:
         particles = _load(payload["particles"])
-        scores = np.array([p.score if p.score is not None else 1.0 for p in particles])
-        merged, members = pp.remove_duplicates(_positions(particles), params.distance_a, scores)
-        kept = [particles[group[0]].model_copy(update={
-            "position_a": tuple(float(v) for v in position)})
-            for position, group in zip(merged, members, strict=True)]
+        scores = np.nan_to_num(particles.scores, nan=1.0)
+        merged, members = pp.remove_duplicates(particles.positions_a, params.distance_a, scores)
+        kept = particles.take([group[0] for group in members])
+        if len(kept):
+            kept = kept.with_columns(position_a=np.asarray(merged, dtype=float).reshape(-1, 3))
         context.log(f"{len(particles)} -> {len(kept)} particles "
                     f"({len(particles) - len(kept)} duplicates merged within "
                     f"{params.distance_a:g} Å)")
@@ -158,32 +155,28 @@ class FilterNormal(_PerTomogram):
                 context: ProcessContext) -> dict[str, Any]:
         particles = _load(payload["particles"])
         normals = _normals(particles, params.neighbours)
-        rotations = np.array([p.rotation_matrix for p in particles])
-        angles = pp.normal_angles_deg(rotations, normals, params.ignore_polarity)
-        kept = [p.model_copy(update={"normal": tuple(float(v) for v in n)})
-                for p, n, a in zip(particles, normals, angles, strict=True)
-                if a <= params.tolerance_deg]
+        angles = pp.normal_angles_deg(particles.rotations, normals, params.ignore_polarity)
+        keep = angles <= params.tolerance_deg
+        kept = particles.with_columns(normal=normals).take(keep)
         context.log(f"kept {len(kept)} of {len(particles)} within "
                     f"{params.tolerance_deg:g}° of the normal (median angle "
                     f"{np.median(angles):.1f}°)")
         return {"particles": kept}
 
 
-def _normals(particles: list[Particle], neighbours: int) -> np.ndarray:
+def _normals(particles: ParticleTable, neighbours: int) -> np.ndarray:
     """Each particle's stored normal, else one from the PCA of its membrane's particles."""
-    normals = np.zeros((len(particles), 3))
-    missing: dict[Any, list[int]] = defaultdict(list)
-    for i, particle in enumerate(particles):
-        if particle.normal is not None:
-            normals[i] = particle.normal
-        else:
-            missing[particle.membrane_id].append(i)
-    for membrane, indices in missing.items():
+    normals = np.array(particles.normals, dtype=float)
+    missing = np.isnan(normals).any(axis=1)
+    membranes = particles.membrane_ids
+    for membrane in np.unique(membranes[missing].astype(str)):
+        indices = np.flatnonzero(missing & (membranes.astype(str) == membrane))
         if len(indices) < 3:
-            raise ItemError(f"{particles[0].tomogram}: membrane {membrane}: particles without "
+            label = "None" if membrane == "nan" else membrane.removesuffix(".0")
+            raise ItemError(f"{particles.tomograms[0]}: membrane {label}: particles without "
                             "a normal need at least 3 neighbours to estimate one")
-        normals[indices] = pp.normals_from_neighbours(
-            _positions([particles[i] for i in indices]), neighbours=neighbours)
+        normals[indices] = pp.normals_from_neighbours(particles.positions_a[indices],
+                                                      neighbours=neighbours)
     return normals
 
 
@@ -208,25 +201,26 @@ class FitVesicles(_PerTomogram):
     def process(self, payload: dict, params: VesicleParams,
                 context: ProcessContext) -> dict[str, Any]:
         particles = _load(payload["particles"])
-        groups: dict[Any, list[Particle]] = defaultdict(list)
-        for particle in particles:
-            groups[particle.membrane_id].append(particle)
-        kept: list[Particle] = []
-        for membrane, members in groups.items():
-            if len(members) < params.min_particles:
-                kept.extend(members)
+        groups: dict[Any, list[int]] = defaultdict(list)
+        for row, membrane in enumerate(particles.membrane_ids.tolist()):
+            groups[None if membrane != membrane else int(membrane)].append(row)
+        keep_rows = np.zeros(len(particles), dtype=bool)
+        for membrane, rows in groups.items():
+            members = particles.positions_a[rows]
+            if len(rows) < params.min_particles:
+                keep_rows[rows] = True
                 continue
-            keep, ellipsoid = pp.ellipsoid_inliers(_positions(members), params.max_distance_a)
+            keep, ellipsoid = pp.ellipsoid_inliers(members, params.max_distance_a)
             if ellipsoid is None:
                 context.log(f"membrane {membrane}: no ellipsoid fits; its particles are kept")
-                kept.extend(members)
+                keep_rows[rows] = True
                 continue
-            kept.extend(m for m, k in zip(members, keep, strict=True) if k)
+            keep_rows[np.asarray(rows)[keep]] = True
             context.log(f"membrane {membrane}: ellipsoid radii "
                         f"{np.round(ellipsoid.radii_a).tolist()} Å at "
                         f"{np.round(ellipsoid.centre_a).tolist()}; kept {int(keep.sum())} of "
                         f"{len(members)}")
-        return {"particles": kept}
+        return {"particles": particles.take(keep_rows)}
 
 
 # ----------------------------------------------------------------------------- filters
@@ -257,22 +251,22 @@ class FilterParticles(_PerTomogram):
                 context: ProcessContext) -> dict[str, Any]:
         particles = _load(payload["particles"])
         keep = np.ones(len(particles), dtype=bool)
-        scores = np.array([np.nan if p.score is None else p.score for p in particles])
+        scores = particles.scores
         if params.min_score is not None:
             keep &= ~(scores < params.min_score)
         if params.max_score is not None:
             keep &= ~(scores > params.max_score)
-        positions = _positions(particles)
+        positions = particles.positions_a
         if params.region_min_a is not None or params.region_max_a is not None:
             low = params.region_min_a or (-np.inf,) * 3
             high = params.region_max_a or (np.inf,) * 3
             keep &= pp.inside_region(positions, low, high)
         masks = [m for m in context.inputs.get("mask") or []
-                 if m.tomogram == particles[0].tomogram]
+                 if m.tomogram == particles.tomograms[0]]
         if masks:
             keep &= self._mask_test(positions, masks[0], params, context)
         context.log(f"kept {int(keep.sum())} of {len(particles)}")
-        return {"particles": [p for p, k in zip(particles, keep, strict=True) if k]}
+        return {"particles": particles.take(keep)}
 
     @staticmethod
     def _mask_test(positions, mask_item: Segmentation, params: FilterParams, context):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tomoweave.store.particle_tables import TABLE_ITEM_TYPE
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, protocol TEXT NOT NULL,
@@ -184,8 +186,10 @@ class Catalog:
         return [_item_record(row) for row in rows]
 
     def count_items(self, set_id: int) -> int:
+        """Items in a set; a row pointing at a particle table counts its particles."""
         return self.connection.execute(
-            "SELECT COUNT(*) FROM items WHERE set_id = ?", (set_id,)).fetchone()[0]
+            "SELECT COALESCE(SUM(CASE WHEN item_type = ? THEN json_extract(data, '$.count')"
+            " ELSE 1 END), 0) FROM items WHERE set_id = ?", (TABLE_ITEM_TYPE, set_id)).fetchone()[0]
 
     def sets_signature(self, set_ids: list[int]) -> tuple:
         """(set id, state, item count, largest item id) of each set: changes with any commit."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 from tomoweave.engine.errors import TomoweaveError
 from tomoweave.engine.executors import EXECUTOR_NAMES
 from tomoweave.inspect_project import run_summary, task_state_shown
+from tomoweave.store.particle_tables import is_columnar, particle_page
 from tomoweave.web.routes_project import access_of
 
 router = APIRouter(prefix="/api")
@@ -150,9 +151,13 @@ def run_details(request: Request, run_id: int) -> dict[str, Any]:
         protocol_info=_describe_or_none(access_of(request).protocols(), run.protocol),
         pictures=_pictures(project.root, run.folder))
     for output_set in project.catalog.sets_of_run(run.id):
-        records = project.catalog.items(output_set.id)[:MAX_LISTED_ITEMS]
-        details["outputs"][output_set.output]["items"] = [
-            {"key": r.key, "viewers": viewers_of(r.item_type, r.data)} for r in records]
+        if is_columnar(output_set.item_type):  # particle tables: the first names only
+            names = particle_page(project.catalog, output_set.id, 0, MAX_LISTED_ITEMS).names
+            listed = [{"key": name, "viewers": []} for name in names.tolist()]
+        else:
+            records = project.catalog.items(output_set.id)[:MAX_LISTED_ITEMS]
+            listed = [{"key": r.key, "viewers": viewers_of(r.item_type, r.data)} for r in records]
+        details["outputs"][output_set.output]["items"] = listed
     return details
 
 
@@ -251,15 +256,24 @@ def resume_run(request: Request, run_id: int, executor: str | None = None) -> di
 
 
 @router.get("/runs/{run_id}/outputs/{output}/items")
-def output_items(request: Request, run_id: int, output: str) -> list[dict[str, Any]]:
+def output_items(request: Request, run_id: int, output: str, offset: int = 0,
+                 limit: int | None = None) -> list[dict[str, Any]]:
+    """Items ``offset`` … ``offset + limit`` of an output (all by default); particle tables
+    are paged from their files."""
     project = access_of(request).project()
     run = _get_run(project, run_id)
     try:
         output_set = project.output_set(run, output)
     except TomoweaveError as error:
         raise HTTPException(404, str(error)) from None
+    if offset < 0 or (limit is not None and limit < 0):
+        raise field_error("offset", "offset and limit must be >= 0")
+    if is_columnar(output_set.item_type):
+        page = particle_page(project.catalog, output_set.id, offset, limit)
+        return [{"key": r["name"], "type": output_set.item_type, **r} for r in page.records()]
+    stop = None if limit is None else offset + limit
     return [{"key": r.key, "type": r.item_type, **r.data}
-            for r in project.catalog.items(output_set.id)]
+            for r in project.catalog.items(output_set.id)[offset:stop]]
 
 
 @router.post("/picks")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from tomoweave.store.particle_tables import tomogram_particles
 from tomoweave.web import imaging
 from tomoweave.web.routes_files import project_path
 from tomoweave.web.routes_project import access_of
@@ -100,14 +101,12 @@ def particles_of_tomogram(request: Request, tomogram: str, source_run: int | Non
         for output_set in project.catalog.sets_of_run(run.id):
             if output_set.item_type != "Particle":
                 continue
-            rows = project.catalog.connection.execute(
-                "SELECT key, data FROM items WHERE set_id = ? AND json_extract(data, '$.tomogram')"
-                " = ? ORDER BY id", (output_set.id, tomogram)).fetchall()
+            table = tomogram_particles(project.catalog, output_set.id, tomogram)
             read_sets = run.record.inputs.get("set_ids", {}).get("tomograms", [])
             editable = run.protocol == "pick.manual" and source_set in read_sets
-            if not rows and not editable:
+            if not len(table) and not editable:
                 continue
-            particles = [_particle_view(row[0], row[1]) for row in rows]
+            particles = _particle_views(table)
             found.append({"run_id": run.id, "run": run.name, "protocol": run.protocol,
                           "output": output_set.output, "state": run.state,
                           "reference": f"{run.name}.{output_set.output}",
@@ -116,9 +115,12 @@ def particles_of_tomogram(request: Request, tomogram: str, source_run: int | Non
     return found
 
 
-def _particle_view(key: str, data: str) -> dict[str, Any]:
-    import json
-
-    item = json.loads(data)
-    return {"name": key, "position_a": item["position_a"], "rotation": item.get("rotation"),
-            "score": item.get("score"), "class_id": item.get("class_id")}
+def _particle_views(table) -> list[dict[str, Any]]:
+    """What the tomogram viewer draws of each particle, read from the table's columns."""
+    positions = table.positions_a.tolist()
+    rotations = table.rotations.tolist()
+    scores = [None if s != s else s for s in table.scores.tolist()]  # NaN: no score
+    classes = [None if c != c else int(c) for c in table.class_ids.tolist()]
+    return [{"name": n, "position_a": p, "rotation": r, "score": s, "class_id": c}
+            for n, p, r, s, c in zip(table.names.tolist(), positions, rotations, scores, classes,
+                                     strict=True)]
