@@ -21,7 +21,7 @@ from tomoweave.algorithms.averaging.particle_images import image_source
 from tomoweave.engine import Input, InputError, ItemError, Output, ProcessContext, Protocol, Task, param
 from tomoweave.formats.mrc import MrcError, read_mrc
 from tomoweave.geometry.symmetry import parse_symmetry
-from tomoweave.model import Average, Subtomogram, Volume
+from tomoweave.model import Average, Particle, Subtomogram, Volume
 from tomoweave.protocols import average_outputs as outputs
 
 CITATIONS = [
@@ -143,7 +143,9 @@ class AverageRefine(Protocol):
     outputs = {"average": Output(Average, help="map, half maps, mask and FSC"),
                "map": Output(Volume, help="the final map, as a reference for later runs"),
                "subtomograms": Output(Subtomogram, help="the subtomograms with refined poses, "
-                                      "scores and half sets")}
+                                      "scores and half sets"),
+               "particles": Output(Particle, help="the refined particles where they are "
+                                   "(position + shift), for exports")}
 
     def plan(self, params: RefineParams, inputs: dict[str, Any]) -> list[Task]:
         subtomograms = list(inputs.get("subtomograms") or [])
@@ -265,5 +267,89 @@ class AverageRefine(Protocol):
         refined = outputs.refined_subtomograms(subtomograms, state.rotations, state.shifts_a,
                                                state.scores, state.half_sets)
         return {"average": average, "subtomograms": refined,
+                "particles": outputs.refined_particles(refined),
                 "map": outputs.map_volume("average", paths["path"], pixel, box,
                                           params.symmetry)}
+
+
+class InitialModelParams(SymmetryParams):
+    method: Literal["priors", "reference_free", "volume"] = param(
+        "reference_free", choices=["priors", "reference_free", "volume"],
+        help="priors: reconstruct at the particles' orientations; reference_free: from "
+        "random orientations by stochastic refinement; volume: the reference input "
+        "low-passed")
+    resolution_a: float = param(40.0, gt=0, unit="Å", help="low-pass of the model")
+    rounds: int = param(10, ge=1, le=200, help="reference_free: rounds of stochastic refinement")
+    subset_size: int = param(48, ge=2, help="reference_free: particles searched per round")
+    angular_step_deg: float = param(20.0, ge=5, le=45, unit="°",
+                                    help="reference_free: step of the global search")
+
+
+class AverageInitialModel(Protocol):
+    """A starting reference for average.refine: from the particles' orientations, reference-free
+    from random orientations, or an imported map low-passed."""
+
+    name = "average.initial_model"
+    label = "Initial model for averaging"
+    description = (
+        "Makes the starting map of a refinement without an external reference: the particles "
+        "reconstructed at their picking orientations, or reference-free (random orientations, "
+        "then rounds of stochastic global search on random subsets with the resolution "
+        "rising); or brings an imported map to the particles' pixel size and box, low-passed "
+        "(with a warning: a reference biases the result towards itself). Outputs the model "
+        "and the subtomograms with the orientations it found (reference_free).")
+    citations = CITATIONS[:1]
+    Params = InitialModelParams
+    inputs = {"subtomograms": Input(Subtomogram, mapped=False, help="the particles"),
+              "reference": Input(Volume, mapped=False, optional=True,
+                                 help="map to low-pass (method volume)")}
+    outputs = {"model": Output(Volume, help="the initial model"),
+               "subtomograms": Output(Subtomogram, help="the subtomograms with the "
+                                      "orientations of the model (reference_free)")}
+
+    def plan(self, params: InitialModelParams, inputs: dict[str, Any]) -> list[Task]:
+        subtomograms = list(inputs.get("subtomograms") or [])
+        if not subtomograms:
+            raise InputError(f"{self.name}: the subtomograms input is empty")
+        if params.method == "volume" and not inputs.get("reference"):
+            raise InputError(f"{self.name}: method volume needs --input reference=RUN")
+        return [Task(key="initial_model", payload={
+            "subtomograms": [s.model_dump(mode="json") for s in subtomograms],
+            "reference": first_volume(inputs, "reference")})]
+
+    def process(self, payload: dict, params: InitialModelParams,
+                context: ProcessContext) -> dict[str, Any]:
+        subtomograms = [Subtomogram.model_validate(s) for s in payload["subtomograms"]]
+        source = image_source(subtomograms, context.resolve)
+        arrays = particle_arrays(subtomograms)
+        rotations, shifts = arrays["rotations"], arrays["shifts_a"]
+        pixel, box = source.pixel_size_a, source.box_px
+        if params.method == "volume":
+            item = Volume.model_validate(payload["reference"])
+            model = initial_model.from_volume(read_volume(context, item, "reference"),
+                                              item.pixel_size_a, pixel, box, params.resolution_a)
+            context.log(f"warning: reference bias: the model is {item.name} low-passed to "
+                        f"{params.resolution_a:g} Å; a refinement started from it can "
+                        "reproduce its features; check the result against a reference-free "
+                        "model")
+        elif params.method == "priors":
+            model = initial_model.from_orientations(source, rotations, shifts,
+                                                    symmetry=params.symmetry,
+                                                    resolution_a=params.resolution_a)
+        else:
+            model, rotations, shifts = initial_model.reference_free(
+                source, initial_model.ReferenceFreeSettings(
+                    particle_diameter_a=params.particle_diameter_a, symmetry=params.symmetry,
+                    rounds=params.rounds, subset_size=params.subset_size,
+                    start_resolution_a=1.5 * params.resolution_a,
+                    final_resolution_a=params.resolution_a,
+                    angular_step_deg=params.angular_step_deg, n_threads=max(1, context.n_threads),
+                    seed=params.seed), progress=context.progress)
+        path = outputs.write_map(context, "initial_model.mrc", model, pixel)
+        outputs.slices_png(model, context.output_path(outputs.SLICES_PNG),
+                           f"initial model ({params.method})")
+        context.log(f"initial model ({params.method}) of {len(subtomograms)} particles, "
+                    f"{box}³ at {pixel:g} Å/px, low-passed to {params.resolution_a:g} Å")
+        refined = outputs.refined_subtomograms(subtomograms, rotations, shifts, None, None)
+        return {"model": outputs.map_volume("initial_model", path, pixel, box, params.symmetry),
+                "subtomograms": refined}

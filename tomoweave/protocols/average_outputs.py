@@ -42,18 +42,29 @@ def map_volume(name: str, path: str, pixel_size_a: float, box_px: int, symmetry:
 
 
 def refined_subtomograms(subtomograms: list[Subtomogram], rotations: np.ndarray,
-                         shifts_a: np.ndarray, scores: np.ndarray,
-                         half_sets: np.ndarray) -> list[Subtomogram]:
-    """The subtomograms with their particles' refined pose, score and half set."""
+                         shifts_a: np.ndarray, scores: np.ndarray | None,
+                         half_sets: np.ndarray | None) -> list[Subtomogram]:
+    """The subtomograms with their particles' refined pose, score and half set (scores or
+    half sets None: the particles keep theirs)."""
     refined = []
     for index, item in enumerate(subtomograms):
-        particle = Particle(**{**item.particle.model_dump(),
-                               "rotation": np.asarray(rotations[index]).tolist(),
-                               "shift_a": tuple(float(v) for v in shifts_a[index]),
-                               "score": float(scores[index]),
-                               "half_set": int(half_sets[index])})
+        update = {"rotation": np.asarray(rotations[index]).tolist(),
+                  "shift_a": tuple(float(v) for v in shifts_a[index])}
+        if scores is not None:
+            update["score"] = float(scores[index])
+        if half_sets is not None:
+            update["half_set"] = int(half_sets[index])
+        particle = Particle(**{**item.particle.model_dump(), **update})
         refined.append(item.model_copy(update={"particle": particle}))
     return refined
+
+
+def refined_particles(subtomograms: list[Subtomogram]) -> list[Particle]:
+    """The particles of refined subtomograms where they are: position_a + shift_a (exports
+    and pickers read positions; the shift stays with the subtomogram's box)."""
+    return [item.particle.model_copy(update={
+        "position_a": item.particle.refined_position_a, "shift_a": None})
+        for item in subtomograms]
 
 
 def _pyplot():

@@ -41,27 +41,32 @@ def lowpassed(volume: np.ndarray, pixel_size_a: float, resolution_a: float) -> n
 
 def from_orientations(source: sources.ImageSource, rotations: np.ndarray,
                       shifts_a: np.ndarray | None = None, *, symmetry: str = "C1",
-                      resolution_a: float = 40.0, batch_size: int = 64) -> np.ndarray:
-    """All particles reconstructed at the given poses, symmetrised, low-passed.
+                      resolution_a: float = 40.0, indices: np.ndarray | None = None,
+                      batch_size: int = 64) -> np.ndarray:
+    """The particles (all, or those at ``indices``) reconstructed at the given poses,
+    symmetrised, low-passed.
 
     Parameters
     ----------
     source : ImageSource
         The particle images (box B at ``source.pixel_size_a``).
     rotations : (N, 3, 3) float
-        Reference -> particle rotations (e.g. the picker's orientations).
+        Reference -> particle rotations (e.g. the picker's orientations), all particles.
     shifts_a : (N, 3) float, optional
         Offsets (x, y, z) of the particles' centres from their box centres, Å.
     symmetry : str
         Point group applied to the reconstruction.
     resolution_a : float
         Low-pass of the result, Å.
+    indices : (n,) int, optional
+        The particles to use (default: all).
     """
     box, pixel = source.box_px, source.pixel_size_a
     rotations = np.asarray(rotations, dtype=float).reshape(-1, 3, 3)
     shifts = np.zeros((len(rotations), 3)) if shifts_a is None else np.asarray(shifts_a, float)
     builder = Reconstructor(box)
-    for batch in sources.batches(np.arange(source.count), batch_size):
+    chosen = np.arange(source.count) if indices is None else np.asarray(indices)
+    for batch in sources.batches(chosen, batch_size):
         data, weight = source.batch(batch, box)
         builder.add(data, weight, rotations[batch], shifts[batch] / pixel)
     return lowpassed(builder.reconstruct(symmetry_operators(symmetry)), pixel, resolution_a)
@@ -99,8 +104,8 @@ class ReferenceFreeSettings:
     subset_size: int = 64
     start_resolution_a: float = 60.0
     final_resolution_a: float = 30.0
-    angular_step_deg: float = 15.0
-    shift_range_a: float = 20.0
+    angular_step_deg: float = 20.0
+    shift_range_a: float = 0.0
     step_fraction: float = 0.5
     n_threads: int = 2
     seed: int = 0
@@ -132,8 +137,8 @@ def reference_free(source: sources.ImageSource, settings: ReferenceFreeSettings,
             settings.final_resolution_a / settings.start_resolution_a) ** fraction
         subset = rng.choice(count, min(settings.subset_size, count), replace=False)
         _global_search(source, model, subset, grid, resolution, rotations, shifts, settings)
-        update = from_orientations(source, rotations[subset], shifts[subset],
-                                   symmetry=settings.symmetry, resolution_a=resolution)
+        update = from_orientations(source, rotations, shifts, symmetry=settings.symmetry,
+                                   resolution_a=resolution, indices=subset)
         update *= _scale(model, update)
         model = ((1 - settings.step_fraction) * model + settings.step_fraction * update)
         model = lowpassed(model, pixel, resolution).astype(np.float32)
