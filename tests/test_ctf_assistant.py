@@ -106,6 +106,10 @@ def test_rules_use_the_mean_of_the_unflagged_tilts():
     assert "fit resolution" in poor.reasons[10][0]
     kept = apply_overrides(verdict, np.arange(11) * 10.0 - 50, keep=[1], drop=[3], by="index")
     assert np.nonzero(kept.flagged)[0].tolist() == [3, 5, 8]
+    unfit = assess_ctf(u, u - 500.0, [8.0] * 11, reliable=[i != 4 for i in range(11)])
+    assert np.nonzero(unfit.flagged)[0].tolist() == [1, 4, 5, 8]  # no Thon rings: flagged
+    assert unfit.reasons[4] == ["no usable Thon rings (the defocus is not a fit)"]
+    assert unfit.mean_defocus_u_a == pytest.approx(np.delete(u, [1, 4, 5, 8]).mean())
     with pytest.raises(ValueError, match="no tilt at 7"):
         apply_overrides(verdict, np.arange(11) * 10.0 - 50, keep=[7.0])
 

@@ -107,7 +107,8 @@ def test_export_without_any_defocus_is_refused_in_one_line(tmp_path):
                       executor="inline")
     assert run.state == "finished"
     log = (project.root / run.record.folder / "logs" / "run.log").read_text()
-    assert "warning: TS_01: 7 of 7 tilts have no CTF estimate" in log
+    assert "WARNING TS_01: 7 of 7 tilts have no CTF estimate" in log
+    assert [j["warnings"] for j in project.catalog.journal(run.id).values()] == [1]  # the badge
     assert set(star_table(tmp_path / "relion" / "tilt_series" / "TS_01.star")["rlnDefocusU"]) == {
         25000.0}
 

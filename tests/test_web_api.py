@@ -208,10 +208,11 @@ def test_malformed_parameters_get_422_naming_the_field(client, web_project):
 
 
 def _png(client: TestClient, **params) -> np.ndarray:
+    """The slice as served, rows turned back into array order (PNGs are drawn y up)."""
     response = client.get("/api/volume/slice", params=params)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
-    return np.asarray(Image.open(io.BytesIO(response.content)))
+    return np.asarray(Image.open(io.BytesIO(response.content)))[::-1]
 
 
 def test_slices_show_the_volume_where_it_is(client, web_project):

@@ -306,7 +306,7 @@ def test_tomogram_viewer_draws_and_picks_particles(served, page, test_output_dir
     assert details["run"]["inputs"] == {"tomograms": f"{tomograms.name}.tomograms"}
     positions = [p["position_a"] for p in details["outputs"]["particles"]["items"]]
     assert len(positions) == 1
-    expected_a = (0.25 * size[0] * pixel_size_a, -0.25 * size[1] * pixel_size_a,
+    expected_a = (0.25 * size[0] * pixel_size_a, 0.25 * size[1] * pixel_size_a,  # y up
                   (z - size[2] // 2) * pixel_size_a)
     assert all(abs(a - e) <= 1.5 * pixel_size_a
                for a, e in zip(positions[0], expected_a, strict=True)), positions
@@ -395,7 +395,7 @@ def test_tilt_viewer_applies_the_alignment(served, page, test_output_dir):
         expect(page.locator("#apply-alignment")).to_be_checked()
         x, y = _white_centroid(page)  # aligned: the dot sits at its aligned position
         assert abs(x - scale * DOT_ALIGNED_A[0] / 10) < 0.6 * scale, (x, y, scale)
-        assert abs(y - scale * DOT_ALIGNED_A[1] / 10) < 0.6 * scale, (x, y, scale)
+        assert abs(-y - scale * DOT_ALIGNED_A[1] / 10) < 0.6 * scale, (x, y, scale)  # y up
         page.screenshot(path=test_output_dir / f"11_aligned_{position}.png")
         page.locator("#apply-alignment").uncheck()
         expect(canvas).to_have_attribute("data-aligned", "false")
@@ -403,7 +403,7 @@ def test_tilt_viewer_applies_the_alignment(served, page, test_output_dir):
         raw = (np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
                @ DOT_ALIGNED_A + shift) / 10
         x, y = _white_centroid(page)  # raw: where the microscope recorded it
-        assert abs(x - scale * raw[0]) < 0.8 * scale and abs(y - scale * raw[1]) < 0.8 * scale
+        assert abs(x - scale * raw[0]) < 0.8 * scale and abs(-y - scale * raw[1]) < 0.8 * scale
         page.locator("#apply-alignment").check()
 
 

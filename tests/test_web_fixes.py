@@ -4,13 +4,70 @@ project of two tilt series (the CTF assistant's choice stays on its series, ...)
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
+from scipy import ndimage
 from playwright.sync_api import expect
 from test_web_browser import OFF_TILT_INDEX, TrueCtf
 from web_serving import chromium_page, serve
 
 from tomoweave.api import Project
+from tomoweave.engine import Input, Output, ProcessContext, Protocol, Task
 from tomoweave.engine.registry import register_protocol
+from tomoweave.formats.mrc import write_mrc
+from tomoweave.model import Particle, TiltSeries, Tomogram
+from tomoweave.protocols.reconstruct import slices_png
+
+NO_RINGS_SERIES = "TS_02"
+MARK_SIZE_XYZ = (96, 64, 32)
+MARK_VOXEL_XYZ = (20, 52, 16)  # left and high up (y up), in the central XY slice
+MARK_PIXEL_A = 10.0
+
+
+class MarkedTomogram(Protocol):
+    """Test fixture: a noisy tomogram with a bright cube at MARK_VOXEL_XYZ, its run picture made
+    by reconstruct's own slices_png, and one particle at the cube."""
+
+    name = "webtest.marked_tomogram"
+    outputs = {"tomograms": Output(Tomogram), "particles": Output(Particle)}
+
+    def plan(self, params, inputs) -> list[Task]:
+        return [Task(key="MARK", payload={})]
+
+    def process(self, payload, params, context: ProcessContext) -> dict:
+        rng = np.random.default_rng(0)
+        nx, ny, nz = MARK_SIZE_XYZ
+        volume = rng.normal(0, 1, (nz, ny, nx)).astype(np.float32)
+        x, y, z = MARK_VOXEL_XYZ
+        volume[z - 2:z + 3, y - 2:y + 3, x - 2:x + 3] = 40.0
+        path = write_mrc(context.output_path("MARK.mrc"), volume, MARK_PIXEL_A)
+        slices_png(volume, context.output_path("MARK_slices.png"), "MARK")
+        centre = np.array(MARK_SIZE_XYZ) // 2
+        position_a = tuple(float(a) for a in (np.array(MARK_VOXEL_XYZ) - centre) * MARK_PIXEL_A)
+        return {"tomograms": Tomogram(name="MARK", path=context.relative(path),
+                                      pixel_size_a=MARK_PIXEL_A, size_xyz=MARK_SIZE_XYZ),
+                "particles": [Particle(name="MARK_1", tomogram="MARK", position_a=position_a)]}
+
+
+class NoRingsCtf(Protocol):
+    """Test fixture: what ctf.estimate leaves when a series shows no Thon rings (the demo's 82
+    tilts): the nominal defocus on every tilt of TS_02, marked unreliable, one warning per tilt;
+    TS_01 keeps its (true) CTF."""
+
+    name = "webtest.no_rings_ctf"
+    inputs = {"tilt_series": Input(TiltSeries)}
+    outputs = {"tilt_series": Output(TiltSeries)}
+
+    def process(self, item: TiltSeries, params, context: ProcessContext) -> dict:
+        result = item.model_copy(deep=True)
+        if item.name == NO_RINGS_SERIES:
+            for tilt in result.tilts:
+                tilt.ctf = tilt.ctf.model_copy(update={"defocus_u_a": 30000.0,
+                                                       "defocus_v_a": 30000.0, "reliable": False})
+                context.warn(f"{item.name} tilt {tilt.tilt_deg:g}°: no usable Thon rings; "
+                             f"nominal defocus kept")
+        return {"tilt_series": result}
 
 pytestmark = pytest.mark.browser
 
@@ -18,6 +75,8 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def two_series(tmp_path_factory):
     register_protocol(TrueCtf)
+    register_protocol(NoRingsCtf)
+    register_protocol(MarkedTomogram)
     project = Project.init(tmp_path_factory.mktemp("fixes") / "proj")
     simulated = project.run("simulate", params={"preset": "tiny", "n_series": 2},
                             executor="inline")
@@ -134,3 +193,99 @@ def test_after_stop_nothing_says_running_or_growing(two_series, page, tmp_path):
     assert all(j["state"] != "running" for j in details["journal"])
     offered = httpx.get(url + "api/outputs", params={"type": "TiltSeries"}).json()
     assert all(o["state"] != "open" for o in offered if o["run_id"] == run_id)
+
+
+def test_warnings_are_counted_and_unfit_tilts_flagged(two_series, page):
+    """Issue 18.6: a run whose items logged warnings shows their number on its badge, on its
+    page (per item) and in the graph; tilts without Thon rings are flagged by the assistant."""
+    project, url = two_series["project"], two_series["url"]
+    warned = project.run(NoRingsCtf.name, inputs={"tilt_series": f"{two_series['with_ctf'].name}"
+                                                  ".tilt_series"}, executor="inline")
+    assert warned.state == "finished"
+    n_tilts = len({s.name: s for s in project.items(warned)}[NO_RINGS_SERIES].tilts)
+    page.goto(url)
+    node = page.locator(f'svg.graph g.node[data-run="{warned.name}"]')
+    expect(node).to_have_attribute("data-warnings", str(n_tilts))
+    expect(node.locator("text.warnings")).to_have_text(f"⚠ {n_tilts}")
+    expect(page.locator(f'#run-table tr[data-run="{warned.name}"] .warn-badge')).to_have_text(
+        f"⚠ {n_tilts} warnings")
+    quiet = two_series["with_ctf"].name
+    expect(page.locator(f'#run-table tr[data-run="{quiet}"] .warn-badge')).to_have_count(0)
+
+    page.goto(url + f"#/run/{warned.id}")
+    expect(page.locator(".page-head .warn-badge")).to_have_text(f"⚠ {n_tilts} warnings")
+    expect(page.locator("#run-warnings")).to_contain_text("1 with warnings")
+    cells = '#journal tr[data-task="{}"] td[data-warnings]'
+    expect(page.locator(cells.format(NO_RINGS_SERIES))).to_have_attribute(
+        "data-warnings", str(n_tilts))
+    expect(page.locator(cells.format("TS_01"))).to_have_attribute("data-warnings", "0")
+
+    page.goto(url + f"#/ctf/{warned.id}/tilt_series/{NO_RINGS_SERIES}")
+    expect(page.locator("#ctf-no-rings")).to_contain_text(f"{n_tilts} without usable Thon rings")
+    boxes = page.locator("table.data input[type=checkbox]")
+    expect(boxes).to_have_count(n_tilts)
+    assert not any(boxes.nth(i).is_checked() for i in range(n_tilts))
+    expect(page.locator("table.data td.flag", has_text="no Thon rings")).to_have_count(n_tilts)
+    assessed = project.run("ctf.assess", inputs={"tilt_series": warned.name}, executor="inline")
+    bad = {s.name: len(s.tilts) for s in project.items(assessed, "bad")}
+    assert bad[NO_RINGS_SERIES] == n_tilts and bad["TS_01"] == 1  # TS_01: its spoilt tilt only
+
+
+def _bright_spot(grey: np.ndarray, size: int) -> tuple[float, float]:
+    """Where a bright square of about ``size`` pixels sits in a grey picture: the maximum of the
+    box-filtered picture (lone bright noise pixels do not win), (column, row)."""
+    smooth = ndimage.uniform_filter(grey.astype(np.float32), size)
+    row, column = np.unravel_index(np.argmax(smooth), smooth.shape)
+    return float(column), float(row)
+
+
+def test_viewer_and_run_picture_agree_y_up(two_series, page):
+    """Issue 18.3: the tomogram viewer and the run page's picture show a bright cube (and the
+    particle marker at it) at the same place: left and high up, y up as in 3dmod."""
+    project, url = two_series["project"], two_series["url"]
+    marked = project.run(MarkedTomogram.name, executor="inline")
+    nx, ny, _ = MARK_SIZE_XYZ
+    x, y, z = MARK_VOXEL_XYZ
+    page.goto(url + f"#/run/{marked.id}")
+    picture = page.locator(".pictures img").first
+    expect(picture).to_be_visible()
+    page.wait_for_function("document.querySelector('.pictures img')?.naturalWidth > 0")
+    source = project.root / marked.folder / "outputs" / "MARK_slices.png"
+    assert picture.get_attribute("src").endswith("MARK_slices.png")
+    grey = np.asarray(Image.open(source).convert("L"))
+    top = grey[: grey.shape[0] * ny // (ny + MARK_SIZE_XYZ[2])]  # the XY panel is the upper one
+    grey_part = top < 250  # the slice is noise, mostly grey; the figure around it is white
+    rows = np.nonzero(grey_part.mean(axis=1) > 0.5)[0]  # title text rows are mostly white
+    columns = np.nonzero(grey_part[rows].mean(axis=0) > 0.5)[0]
+    panel = top[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
+    assert abs(panel.shape[1] / panel.shape[0] - nx / ny) < 0.05  # found the slice itself
+    column, row = _bright_spot(panel, max(3, 5 * panel.shape[1] // nx))
+    picture_at = (column / panel.shape[1], row / panel.shape[0])  # fractions from top left
+    expected = ((x + 0.5) / nx, 1 - (y + 0.5) / ny)  # y up: row 0 at the bottom
+    assert abs(picture_at[0] - expected[0]) < 0.05 and abs(picture_at[1] - expected[1]) < 0.08
+
+    page.goto(url + f"#/tomogram/{marked.id}/tomograms/MARK")
+    canvas = page.locator("#slice-canvas")
+    page.locator("#slice-slider").fill(str(z))
+    expect(canvas).to_have_attribute("data-drawn", "1")
+    pixels = np.array(page.evaluate("""() => {
+        const c = document.querySelector('#slice-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const grey = [];
+        for (let r = 0; r < c.height; r++) {
+            const row = [];
+            for (let q = 0; q < c.width; q++) row.push(d[4 * (r * c.width + q) + 2]);
+            grey.push(row);
+        }
+        return grey;
+    }"""), dtype=np.uint8)  # the blue channel: the cube is white, the orange marker has none
+    scale = float(canvas.get_attribute("data-scale"))
+    column, row = _bright_spot(pixels, max(3, int(3 * scale)))
+    viewer_at = ((column + 0.5) / pixels.shape[1], (row + 0.5) / pixels.shape[0])
+    assert abs(viewer_at[0] - expected[0]) < 1.5 / nx and abs(viewer_at[1] - expected[1]) < 1.5 / ny
+    marker = page.evaluate("""([fx, fy]) => {
+        const c = document.querySelector('#slice-canvas');
+        const d = c.getContext('2d').getImageData(Math.round(fx * c.width), Math.round(fy * c.height), 1, 1).data;
+        return [d[0], d[1], d[2]];
+    }""", list(expected))
+    assert marker == [246, 173, 85]  # the particle's centre dot (its set's colour) on the cube

@@ -47,6 +47,8 @@ def run_summary(project: Project, run: Run) -> dict[str, Any]:
         "finished": record.finished,
         "items_done": sum(1 for j in journal.values() if j["state"] == TaskState.DONE),
         "items_failed": sum(1 for j in journal.values() if j["state"] == TaskState.FAILED),
+        "warnings": sum(j.get("warnings") or 0 for j in journal.values()),
+        "items_warned": sum(1 for j in journal.values() if j.get("warnings")),
         "running": {t: {"progress": j.get("progress") or 0.0, "message": j.get("message") or ""}
                     for t, j in journal.items()
                     if task_state_shown(state, j["state"]) == TaskState.RUNNING},
@@ -74,7 +76,8 @@ def show(project: Project, reference: str, *, offset: int = 0,
     details.update(params=record.params, provenance=record.provenance, error=record.error,
                    journal=[{"task": t, "state": task_state_shown(details["state"], j["state"]),
                              "error": j["error"],
-                             "attempts": j["attempts"], "progress": j.get("progress"),
+                             "attempts": j["attempts"], "warnings": j.get("warnings") or 0,
+                             "progress": j.get("progress"),
                              "message": j.get("message")}
                             for t, j in project.catalog.journal(run.id).items()])
     sets = project.catalog.sets_of_run(run.id)

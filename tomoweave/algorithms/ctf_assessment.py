@@ -32,6 +32,8 @@ def assess_ctf(
     tolerance: float = 0.2,
     max_fit_resolution_a: float | None = None,
     max_iterations: int = 20,
+    *,
+    reliable: Sequence[bool] | None = None,
 ) -> CtfAssessment:
     """Flag tilts whose defocus deviates from the series mean or whose fit is poor.
 
@@ -45,6 +47,11 @@ def assess_ctf(
         Largest relative deviation |D - mean| / mean accepted (0.2 = 20 %).
     max_fit_resolution_a : float, optional
         Flag tilts whose fit resolution is worse (larger) than this, Å.
+    max_iterations : int
+        Most re-computations of the mean of the unflagged tilts.
+    reliable : sequence of bool, length T, optional
+        False for tilts whose fit found no Thon rings (their defocus is a stand-in, e.g. the
+        nominal one): always flagged, and left out of the mean.
     """
     u = np.asarray(defocus_u_a, dtype=float)
     v = np.asarray(defocus_v_a, dtype=float)
@@ -57,6 +64,10 @@ def assess_ctf(
     poor = np.zeros(u.size, dtype=bool)
     if max_fit_resolution_a:
         poor = np.isfinite(resolution) & (resolution > max_fit_resolution_a)
+    no_rings = np.zeros(u.size, dtype=bool) if reliable is None else ~np.asarray(reliable, bool)
+    if no_rings.shape != u.shape:
+        raise ValueError(f"reliable must have one entry per tilt ({u.size}), got {no_rings.size}")
+    poor |= no_rings
     flagged = poor.copy()
     for _ in range(max_iterations):
         keep = ~flagged if (~flagged).any() else np.ones(u.size, dtype=bool)
@@ -75,7 +86,9 @@ def assess_ctf(
             if deviation > tolerance:
                 why.append(f"defocus {name} {values[index]:.0f} Å deviates {100 * deviation:.0f} % "
                            f"from the series mean {mean:.0f} Å")
-        if poor[index]:
+        if no_rings[index]:
+            why.append("no usable Thon rings (the defocus is not a fit)")
+        elif poor[index]:
             why.append(f"fit resolution {resolution[index]:.1f} Å worse than "
                        f"{max_fit_resolution_a:.1f} Å")
         reasons.append(why)

@@ -15,7 +15,7 @@ import numpy as np
 from tomoweave.engine import checkpoint
 from tomoweave.engine.errors import ItemError, TomoweaveError
 from tomoweave.engine.fanout import INLINE, FanOut
-from tomoweave.engine.task_events import EventWriter, events_path
+from tomoweave.engine.task_events import WARNING_PREFIX, EventWriter, events_path
 from tomoweave.store.project_dir import ProjectLayout
 
 
@@ -86,6 +86,11 @@ class ProcessContext:
         self.messages.append(str(message))
         self._writer().log(str(message))
         self._notify()
+
+    def warn(self, message: str) -> None:
+        """A warning for the run log: the item still counts as done, but the run's badge, its
+        page and the graph show how many warnings each item and the run had."""
+        self.log(f"{WARNING_PREFIX} {message}")
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report how far the task is (0 to 1) and what it is doing: shown live in the terminal,

@@ -19,6 +19,7 @@ from typing import Any
 EVENTS_FOLDER = "tasks"
 LOG_EVENT = "log"
 PROGRESS_EVENT = "progress"
+WARNING_PREFIX = "WARNING"  # a log line starting with it is a warning: counted per task
 PROGRESS_MIN_INTERVAL_SECONDS = 0.5  # a worker reports progress at most this often (same message)
 
 
@@ -122,14 +123,18 @@ class EventRelay:
             events = self.tasks.get(task_key)
             if events is None:
                 continue
-            moved = False
+            moved, warnings = False, 0
             for event in events.read_new():
                 if event.get("kind") == LOG_EVENT:
-                    self.log.write(with_key(task_key, str(event.get("message", ""))))
+                    message = str(event.get("message", ""))
+                    warnings += is_warning(message)
+                    self.log.write(with_key(task_key, message))
                 elif event.get("kind") == PROGRESS_EVENT:
                     moved = True
             if moved:
                 self._pass_progress(task_key, events)
+            if warnings:
+                self.catalog.add_task_warnings(self.run_id, task_key, warnings)
 
     def finish(self, key: str) -> None:
         """Last read of a task that ended; its events file goes."""
@@ -152,6 +157,11 @@ class EventRelay:
             self._logged[key] = (events.fraction, events.message)
             text = f" {events.message}" if events.message else ""
             self.log.write(f"{key}: {events.fraction:.0%}{text}")
+
+
+def is_warning(message: str) -> bool:
+    """Whether a log line is a warning (``context.warn``, or a line starting WARNING)."""
+    return message.lstrip().upper().startswith(WARNING_PREFIX)
 
 
 def with_key(key: str, message: str) -> str:

@@ -61,6 +61,8 @@ class CtfTilt(BaseModel):
     fit_resolution_a: float | None = None
     score: float | None = None
     diagnostic_path: str | None = None
+    reliable: bool = Field(True, description="False when the fit found no Thon rings (the "
+                           "defocus is then a stand-in, e.g. the nominal one)")
 
 
 class TiltImage(BaseModel):

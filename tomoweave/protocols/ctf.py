@@ -75,9 +75,9 @@ class CtfEstimate(Protocol):
                 astigmatism_angle_deg=round(fit.astigmatism_angle_deg, 2),
                 phase_shift_deg=round(fit.phase_shift_deg, 2),
                 fit_resolution_a=round(fit.fit_resolution_a, 2), score=round(fit.score, 4),
-                diagnostic_path=context.relative(diagnostic))
+                diagnostic_path=context.relative(diagnostic), reliable=bool(fit.reliable))
             if not fit.reliable:
-                context.log(f"WARNING {item.name} tilt {tilt.tilt_deg:g}°: no usable Thon rings "
+                context.warn(f"{item.name} tilt {tilt.tilt_deg:g}°: no usable Thon rings "
                             f"(no defocus stands out of the search); "
                             f"{'nominal defocus kept' if tilt.nominal_defocus_a else 'unreliable'}")
             context.log(f"{item.name} tilt {tilt.tilt_deg:g}°: defocus U {fit.defocus_u_a:.0f} "
@@ -135,7 +135,8 @@ class CtfAssess(Protocol):
             verdict = apply_overrides(
                 assess_ctf([c.defocus_u_a for c in ctfs], [c.defocus_v_a for c in ctfs],
                            [c.fit_resolution_a for c in ctfs], params.tolerance,
-                           params.max_fit_resolution_a or None),
+                           params.max_fit_resolution_a or None,
+                           reliable=[c.reliable for c in ctfs]),
                 angles, params.keep_tilts if chosen else (),
                 params.drop_tilts if chosen else (), params.by)
         except ValueError as error:
@@ -213,7 +214,7 @@ def plot_ctf_montage(series: TiltSeries, fits: list[CtfFit], path) -> None:
     for axis, tilt, fit in zip(axes.flat, series.tilts, fits, strict=False):
         picture = fit.diagnostics["spectrum_2d"]
         limit = np.percentile(np.abs(picture[picture != 0]), 98) if picture.any() else 1.0
-        axis.imshow(picture, cmap="gray", vmin=-limit, vmax=limit)
+        axis.imshow(picture, cmap="gray", vmin=-limit, vmax=limit, origin="lower")
         axis.set_title(f"{tilt.tilt_deg:g}°: {0.5e-4 * (fit.defocus_u_a + fit.defocus_v_a):.2f}"
                        f" µm, {fit.fit_resolution_a:.0f} Å", fontsize=7)
     central = int(np.argmin([abs(t.tilt_deg) for t in series.tilts]))

@@ -78,7 +78,7 @@ class InteropExport(Protocol):
             except ValueError as error:
                 raise ItemError(str(error)) from None
         for note in notes:
-            context.log(f"warning: {note.message}")
+            context.warn(note.message)
         for path in written:
             context.log(f"wrote {path}")
         return {}

@@ -151,9 +151,9 @@ def _overview_png(result: SimulatedSeries, truth: SeriesTruth, path: Path) -> No
     picks = [0, int(np.argmin(nominal)), int(np.argmax(nominal))]
     figure, axes = plt.subplots(1, 4, figsize=(13, 3.6))
     for axis, index in zip(axes[:3], picks, strict=True):
-        axis.imshow(stack[index], cmap="gray")
+        axis.imshow(stack[index], cmap="gray", origin="lower")  # y up, as every picture
         axis.set_title(f"{truth.name} tilt {nominal[index]:+.0f}° (slice {index})", fontsize=9)
-    axes[3].imshow(volume[volume.shape[0] // 2], cmap="gray")
+    axes[3].imshow(volume[volume.shape[0] // 2], cmap="gray", origin="lower")
     axes[3].set_title("true volume, central XY slice", fontsize=9)
     for axis in axes:
         axis.set_axis_off()

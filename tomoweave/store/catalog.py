@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS lineage (
 CREATE TABLE IF NOT EXISTS journal (
     run_id INTEGER NOT NULL REFERENCES runs(id), task TEXT NOT NULL, digest TEXT NOT NULL,
     state TEXT NOT NULL, error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
-    started REAL, finished REAL, progress REAL, message TEXT, PRIMARY KEY (run_id, task)
+    started REAL, finished REAL, progress REAL, message TEXT,
+    warnings INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (run_id, task)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, run_id INTEGER, kind TEXT NOT NULL, message TEXT
@@ -48,7 +49,8 @@ CREATE TABLE IF NOT EXISTS events (
 
 
 # columns added after the first release: (table, column, SQL declaration)
-_ADDED_COLUMNS = (("journal", "progress", "REAL"), ("journal", "message", "TEXT"))
+_ADDED_COLUMNS = (("journal", "progress", "REAL"), ("journal", "message", "TEXT"),
+                  ("journal", "warnings", "INTEGER NOT NULL DEFAULT 0"))
 
 
 @dataclass
@@ -218,7 +220,7 @@ class Catalog:
                 " VALUES (?, ?, ?, 'running', 1, ?) ON CONFLICT (run_id, task) DO UPDATE SET"
                 " digest = excluded.digest, state = 'running', error = NULL,"
                 " attempts = attempts + 1, started = excluded.started, finished = NULL,"
-                " progress = NULL, message = NULL",
+                " progress = NULL, message = NULL, warnings = 0",
                 (run_id, task, digest, time.time()),
             )
 
@@ -251,6 +253,12 @@ class Catalog:
         with self.transaction() as cursor:
             cursor.execute("UPDATE journal SET progress = ?, message = ? WHERE run_id = ? AND task = ?",
                            (fraction, message, run_id, task))
+
+    def add_task_warnings(self, run_id: int, task: str, count: int = 1) -> None:
+        """Count warnings a running task logged (shown on the run's badge and per item)."""
+        with self.transaction() as cursor:
+            cursor.execute("UPDATE journal SET warnings = warnings + ? WHERE run_id = ? AND task = ?",
+                           (count, run_id, task))
 
     def fail_task(self, run_id: int, task: str, error: str) -> None:
         with self.transaction() as cursor:

@@ -120,9 +120,10 @@ def block_average(plane: np.ndarray, binning: int) -> np.ndarray:
 
 
 def to_png(plane: np.ndarray, low: float, high: float) -> bytes:
-    """Grey PNG of ``plane`` with ``low`` -> black and ``high`` -> white."""
+    """Grey PNG of ``plane`` with ``low`` -> black and ``high`` -> white, drawn y up (3dmod's
+    convention, and the run pages' pictures'): the plane's row 0 is the PNG's bottom row."""
     span = (high - low) or 1.0
-    scaled = (plane - np.float32(low)) * np.float32(255.0 / span)
+    scaled = (plane[::-1] - np.float32(low)) * np.float32(255.0 / span)
     grey = np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
     return encode_grey_png(grey)
 

@@ -143,7 +143,7 @@ def run_details(request: Request, run_id: int) -> dict[str, Any]:
         input_references={name: [set_references[i] for i in ids if i in set_references]
                           for name, ids in record.inputs.get("set_ids", {}).items()},
         journal=[{"task": t, "state": task_state_shown(details["state"], j["state"]),
-                  "error": j["error"], "attempts": j["attempts"],
+                  "error": j["error"], "attempts": j["attempts"], "warnings": j.get("warnings") or 0,
                   "progress": j.get("progress"), "message": j.get("message"),
                   "seconds": (j["finished"] - j["started"]) if j["finished"] and j["started"]
                   else None}

@@ -64,8 +64,18 @@ export const STATE_COLOURS = {
   "finished with failures": "#c27c0e", failed: "#c53030", interrupted: "#805ad5",
 };
 
-export function stateBadge(state) {
-  return el("span", { class: `badge state-${state.replaceAll(" ", "-")}`, "data-state": state }, state);
+export const WARNING_COLOUR = "#c27c0e";
+
+export function plural(count, word) { return `${count} ${word}${count === 1 ? "" : "s"}`; }
+
+// The state, and the warnings the run's items logged: a run that "finished" with warnings on
+// every item must not look plain green (issue 18.6).
+export function stateBadge(state, warnings = 0) {
+  const badge = el("span", { class: `badge state-${state.replaceAll(" ", "-")}`, "data-state": state,
+    "data-warnings": warnings }, state);
+  if (!warnings) return badge;
+  return el("span", { class: "badge-group" }, badge,
+    el("span", { class: "warn-badge", "data-warnings": warnings, title: "warnings in the run log" }, `⚠ ${plural(warnings, "warning")}`));
 }
 
 // Units live in the parameter names (pixel_size_a, tilt_deg); the label drops that suffix and the

@@ -8,6 +8,8 @@ const ASSESS_PROTOCOL = "ctf.assess";
 const COLOURS = { kept: "#2b6cb0", flaggedKept: "#c27c0e", rejected: "#c53030", mean: "#2f855a" };
 
 const meanDefocusUm = (t) => (t.ctf.defocus_u_a + t.ctf.defocus_v_a) / 2e4;
+// a fit that found no Thon rings kept a stand-in defocus (e.g. the nominal one): always flagged
+const noRings = (t) => t.ctf.reliable === false;
 
 class CtfAssistant {
   constructor(run, output, key, tilts, assess) {
@@ -34,13 +36,13 @@ class CtfAssistant {
   // tolerance (relative), iterated until the flags settle
   assessRule() {
     const { st, tilts } = this;
-    let flags = tilts.map((t) => t.excluded);
+    let flags = tilts.map((t) => t.excluded || noRings(t));
     for (let iteration = 0; iteration < 20; iteration++) {
       const kept = tilts.filter((_, i) => !flags[i]);
       const pool = kept.length ? kept : tilts;
       st.meanU = pool.reduce((a, t) => a + t.ctf.defocus_u_a, 0) / pool.length;
       st.meanV = pool.reduce((a, t) => a + t.ctf.defocus_v_a, 0) / pool.length;
-      const next = tilts.map((t) => t.excluded || Math.abs(t.ctf.defocus_u_a - st.meanU) / st.meanU > st.tolerance ||
+      const next = tilts.map((t) => t.excluded || noRings(t) || Math.abs(t.ctf.defocus_u_a - st.meanU) / st.meanU > st.tolerance ||
         Math.abs(t.ctf.defocus_v_a - st.meanV) / st.meanV > st.tolerance);
       const same = next.every((f, i) => f === flags[i]);
       flags = next;
@@ -84,7 +86,8 @@ class CtfAssistant {
     el("td", {}, box), el("td", { class: "num" }, `${fixed(t.tilt_deg, 1)}°`),
     el("td", { class: "num" }, fmt(t.ctf.defocus_u_a / 1e4, 3)), el("td", { class: "num" }, fmt(t.ctf.defocus_v_a / 1e4, 3)),
     el("td", { class: "num" }, t.ctf.fit_resolution_a == null ? "–" : fmt(t.ctf.fit_resolution_a, 1)),
-    el("td", {}, this.flagged(t) ? el("b", { style: `color:${COLOURS.flaggedKept}` }, t.excluded ? "excluded" : "deviates") : ""));
+    el("td", { class: "flag" }, this.flagged(t) ? el("b", { style: `color:${COLOURS.flaggedKept}` },
+      t.excluded ? "excluded" : noRings(t) ? "no Thon rings" : "deviates") : ""));
   }
 
   select(i) {
@@ -171,7 +174,9 @@ export async function showCtf(view, runId, output, key) {
   const tilts = series.tilts.map((t, i) => ({ ...t, stackIndex: i })).filter((t) => t.ctf);
   view.append(el("div", { class: "page-head" }, el("div", {}, el("h1", {}, `CTF assistant · ${key}`),
     el("p", {}, el("a", { href: `#/run/${runId}` }, `${run.name}.${output}`),
-      ` · ${tilts.length} of ${series.tilts.length} tilts have a CTF fit`))));
+      ` · ${tilts.length} of ${series.tilts.length} tilts have a CTF fit`,
+      tilts.some(noRings) ? el("span", { class: "warning-text", id: "ctf-no-rings" },
+        ` · ${tilts.filter(noRings).length} without usable Thon rings (flagged)`) : ""))));
   if (!tilts.length) {
     view.append(el("div", { class: "panel empty" }, "No CTF estimates in this tilt series yet: run a CTF estimation protocol on it first."));
     return;

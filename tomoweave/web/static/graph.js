@@ -1,5 +1,5 @@
 // The pipeline graph: runs as boxes coloured by state, outputs as arrows to the runs reading them.
-import { api, el, fmt, onProjectEvent, setCleanup, stateBadge, STATE_COLOURS, STATES, when } from "./app.js";
+import { api, el, fmt, onProjectEvent, setCleanup, stateBadge, STATE_COLOURS, STATES, WARNING_COLOUR, when } from "./app.js";
 
 const NODE_W = 220, NODE_H = 70, COL_GAP = 150, ROW_GAP = 34, PAD = 24;
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -88,9 +88,16 @@ function drawGraph(container, data, labels) {
     const counts = Object.values(n.outputs).map((o) => o.count).reduce((a, b) => a + b, 0);
     const failed = n.items_failed ? ` · ${n.items_failed} failed` : "";
     group.append(svg("text", { class: "state", x: 16, y: 56, fill: colour }, n.state));
+    if (n.warnings) {
+      group.setAttribute("data-warnings", n.warnings);
+      group.append(svg("text", { class: "warnings", x: NODE_W - 10, y: 20, "text-anchor": "end", fill: WARNING_COLOUR },
+        `⚠ ${n.warnings}`));
+      group.append(svg("rect", { class: "band warn", width: 6, height: (NODE_H - 4) / 2, x: 2, y: NODE_H / 2, rx: 3, fill: WARNING_COLOUR }));
+    }
     group.append(svg("text", { class: "sub", x: NODE_W - 10, y: 56, "text-anchor": "end" },
       `${counts} item${counts === 1 ? "" : "s"}${failed}`));
-    group.append(svg("title", {}, `${n.protocol} · ${n.name}\nstate: ${n.state}\n` +
+    group.append(svg("title", {}, `${n.protocol} · ${n.name}\nstate: ${n.state}` +
+      (n.warnings ? ` · ${n.warnings} warnings in ${n.items_warned} items` : "") + "\n" +
       Object.entries(n.outputs).map(([k, o]) => `${k}: ${o.count} ${o.type} (${o.state})`).join("\n")));
     group.addEventListener("click", () => { location.hash = `#/run/${n.id}`; });
     group.addEventListener("keydown", (e) => { if (e.key === "Enter") location.hash = `#/run/${n.id}`; });
@@ -113,7 +120,7 @@ function runTable(nodes) {
     const row = el("tr", { class: "clickable", "data-run": n.name, onclick: () => { location.hash = `#/run/${n.id}`; } },
       el("td", { class: "num" }, n.id),
       el("td", {}, el("b", {}, n.name), n.name.startsWith(n.protocol) ? "" : el("div", { class: "muted" }, n.protocol)),
-      el("td", {}, stateBadge(n.state)),
+      el("td", {}, stateBadge(n.state, n.warnings)),
       el("td", { class: "num", title: "items in the outputs (failed tasks)" },
         `${Object.values(n.outputs).reduce((a, o) => a + o.count, 0)}`,
         n.items_failed ? el("span", { class: "error-text" }, ` (${n.items_failed} failed)`) : ""),

@@ -46,12 +46,14 @@ function outputsBlock(run) {
 function journalTable(run) {
   if (!run.journal.length) return el("p", { class: "muted" }, "No items processed yet.");
   const order = { failed: 0, running: 1, stopped: 2, done: 3 };
-  const rows = [...run.journal].sort((a, b) => (order[a.state] ?? 3) - (order[b.state] ?? 3) || a.task.localeCompare(b.task));
+  const rows = [...run.journal].sort((a, b) => (order[a.state] ?? 3) - (order[b.state] ?? 3) ||
+    (b.warnings || 0) - (a.warnings || 0) || a.task.localeCompare(b.task));
   return el("table", { class: "data", id: "journal" }, el("thead", {}, el("tr", {},
-    el("th", {}, "item"), el("th", {}, "state"), el("th", {}, "attempts"), el("th", {}, "time (s)"), el("th", {}, "error"))),
+    el("th", {}, "item"), el("th", {}, "state"), el("th", {}, "attempts"), el("th", {}, "time (s)"), el("th", {}, "warnings"), el("th", {}, "error"))),
   el("tbody", {}, rows.map((j) => el("tr", { "data-task": j.task },
     el("td", {}, j.task), el("td", { class: "task-state", "data-state": j.state }, j.state === "failed" ? el("b", { class: "error-text" }, j.state) : j.state),
     el("td", { class: "num" }, j.attempts), el("td", { class: "num" }, j.seconds === null ? "–" : j.seconds.toFixed(1)),
+    el("td", { class: `num${j.warnings ? " warning-text" : ""}`, "data-warnings": j.warnings || 0 }, j.warnings || ""),
     el("td", { class: "error-text" }, j.error || "")))));
 }
 
@@ -85,7 +87,8 @@ function runHeader(run, act, message) {
   const running = run.state === "running" || run.state === "queued";
   return [
     el("div", {}, el("h1", {}, label, " ", el("span", { class: "muted" }, `#${run.id} ${run.name}`)),
-      el("p", {}, stateBadge(run.state), " ", `${run.items_done} item(s) done`,
+      el("p", {}, stateBadge(run.state, run.warnings), " ", `${run.items_done} item(s) done`,
+        run.warnings ? el("span", { class: "warning-text", id: "run-warnings" }, `, ${run.items_warned} with warnings (see the log)`) : "",
         run.items_failed ? el("span", { class: "error-text" }, `, ${run.items_failed} failed`) : "",
         run.error ? el("div", { class: "error-text" }, run.error) : "")),
     el("div", {}, el("div", { class: "buttons" },

@@ -35,15 +35,17 @@ class TiltSeriesViewer {
     ctx.fillRect(0, 0, canvas.width, canvas.height);
     const scale = Math.min(canvas.width / image.width, canvas.height / image.height);
     ctx.translate(canvas.width / 2, canvas.height / 2);
-    ctx.scale(scale, scale);
+    ctx.scale(scale, -scale);  // image pixels, y up (3dmod's convention, the run pictures')
     const a = tilt.alignment;
     if (st.apply && a) {
       ctx.scale(1 / (a.magnification || 1), 1 / (a.magnification || 1));
       ctx.rotate(-a.z_rot_deg * Math.PI / 180);
       ctx.translate(-a.shift_x_a / this.pix / st.binning, -a.shift_y_a / this.pix / st.binning);
     }
-    // pixel N//2's centre (the geometry's origin) lands on the canvas centre
-    ctx.drawImage(image, -Math.floor(image.width / 2) - 0.5, -Math.floor(image.height / 2) - 0.5);
+    // pixel N//2's centre (the geometry's origin) lands on the canvas centre; the PNG is
+    // already y up (its last row is the image's row 0), so it is drawn unflipped
+    ctx.scale(1, -1);
+    ctx.drawImage(image, -Math.floor(image.width / 2) - 0.5, Math.floor(image.height / 2) + 0.5 - image.height);
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     // the tilt axis: vertical once aligned, at the fitted (or nominal) angle otherwise
     this.drawAxis(ctx, st.apply && a ? 0 : (a ? a.z_rot_deg : this.series.acquisition.tilt_axis_deg));
@@ -57,7 +59,8 @@ class TiltSeriesViewer {
   drawAxis(ctx, axisDeg) {
     const { canvas } = this;
     const r = Math.max(canvas.width, canvas.height);
-    const ux = -Math.sin(axisDeg * Math.PI / 180) * r, uy = Math.cos(axisDeg * Math.PI / 180) * r;
+    // counter-clockwise from the image's Y axis, drawn y up (canvas y runs down)
+    const ux = -Math.sin(axisDeg * Math.PI / 180) * r, uy = -Math.cos(axisDeg * Math.PI / 180) * r;
     ctx.strokeStyle = "rgba(99,179,237,.7)";
     ctx.setLineDash([6, 6]);
     ctx.beginPath();

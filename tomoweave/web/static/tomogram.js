@@ -75,6 +75,9 @@ class TomogramViewer {
   // Binned pixel i covers voxels [i*b, i*b+b): its centre is voxel i*b + (b-1)/2.
   toDisplay(voxel) { return ((voxel - (this.st.shownBinning - 1) / 2) / this.st.shownBinning + 0.5) * this.st.scale; }
   toVoxel(display) { return (display / this.st.scale - 0.5) * this.st.shownBinning + (this.st.shownBinning - 1) / 2; }
+  // Slices are drawn y up (3dmod's convention, the run pictures'): the vertical axis counts from the bottom.
+  toDisplayV(voxel) { return this.image.height * this.st.scale - this.toDisplay(voxel); }
+  toVoxelV(display) { return this.toVoxel(this.image.height * this.st.scale - display); }
   planeDepth() { return this.st.index[this.st.axis] + (this.st.shownBinning - 1) / 2; }
   voxelOf(positionA) { return positionA.map((a, axis) => a / this.pix + (this.size[axis] >> 1)); }
   markerRadius(minimum) { return Math.max(minimum, (this.st.markerA / this.pix / this.st.shownBinning) * this.st.scale); }
@@ -143,7 +146,7 @@ class TomogramViewer {
         const voxel = this.voxelOf(particle.position_a);
         const distance = Math.abs(voxel[d] - depth);
         if (distance > st.window + 0.5) continue;
-        out.push({ x: this.toDisplay(voxel[h]), y: this.toDisplay(voxel[v]), distance, rotation: particle.rotation,
+        out.push({ x: this.toDisplay(voxel[h]), y: this.toDisplayV(voxel[v]), distance, rotation: particle.rotation,
           colour: editing ? PICK_COLOUR : SET_COLOURS[index % SET_COLOURS.length], axes: [h, v] });
       }
     });
@@ -218,7 +221,7 @@ class TomogramViewer {
     const [h, v, d] = PLANES[this.st.axis].axes;
     const voxel = [0, 0, 0];
     voxel[h] = this.toVoxel(dx);
-    voxel[v] = this.toVoxel(dy);
+    voxel[v] = this.toVoxelV(dy);
     voxel[d] = this.planeDepth();
     return { voxel, dx, dy };
   }
@@ -238,7 +241,7 @@ class TomogramViewer {
     const radius = this.markerRadius(6);
     const near = st.picks.findIndex((p) => {
       const q = this.voxelOf(p);
-      return Math.hypot(this.toDisplay(q[h]) - dx, this.toDisplay(q[v]) - dy) <= radius &&
+      return Math.hypot(this.toDisplay(q[h]) - dx, this.toDisplayV(q[v]) - dy) <= radius &&
         Math.abs(q[d] - voxel[d]) <= st.window + 0.5;
     });
     if (near >= 0) st.picks.splice(near, 1);  // a click on a pick removes it
@@ -319,7 +322,7 @@ function drawParticle(ctx, p, radius, alpha) {
   ctx.arc(p.x, p.y, radius, 0, 2 * Math.PI);
   ctx.stroke();
   if (p.rotation) {  // the particle's rotated Z axis (third column), projected on the plane
-    const dx = p.rotation[p.axes[0]][2], dy = p.rotation[p.axes[1]][2];
+    const dx = p.rotation[p.axes[0]][2], dy = -p.rotation[p.axes[1]][2];  // canvas y runs down
     ctx.beginPath();
     ctx.moveTo(p.x, p.y);
     ctx.lineTo(p.x + dx * radius * 1.8, p.y + dy * radius * 1.8);
