@@ -139,7 +139,18 @@ def test_ctf_refinement_recovers_tilt_defoci_and_particle_offsets():
     assert np.sqrt(np.mean(residual**2)) < 100.0 < np.sqrt(np.mean(errors**2)) / 5
     # the planted per-particle offsets (σ 300 Å) are found to well within their spread
     assert np.sqrt(np.mean((result.particle_defocus_a - offsets - np.mean(residual)) ** 2)) < 100
-    assert np.allclose(result.tilt_scales, 1.0, atol=0.1)
+    assert np.allclose(result.tilt_scales, 1.0, atol=0.1) and result.determined
+    # a band that stops before the first CTF zero (28 Å at 4 µm) cannot tell defoci apart
+    from tomoweave.algorithms.tilt_refinement.patches import BandSetup
+
+    low = BandSetup(np.zeros((32, 32, 32), np.float32), 4.0, 40.0)
+    keep = low.mask[comparison.setup.mask]
+    comparison.patches, comparison.slices = comparison.patches[..., keep], \
+        comparison.slices[..., keep]
+    comparison.weights, comparison.setups = comparison.weights[:, keep], {1: low}
+    unchanged = refine_ctf(comparison, start)
+    assert not unchanged.determined
+    assert np.array_equal(unchanged.optics.defocus_u_a, start.defocus_u_a)
 
 
 def test_smooth_motion_recovers_a_smooth_field_better_than_the_raw_measurements():
@@ -161,3 +172,19 @@ def test_smooth_motion_recovers_a_smooth_field_better_than_the_raw_measurements(
     # with no information the prior mean (no motion) is the answer
     none = smooth_motion(positions, measured, np.zeros_like(information))
     assert np.allclose(none, 0.0)
+
+
+def test_refinement_cycle_workflow_template_is_valid():
+    from pathlib import Path
+
+    import tomoweave
+    from tomoweave.engine.registry import get_protocol
+    from tomoweave.workflow import load_workflow, ordered_by_dependencies
+
+    path = Path(tomoweave.__file__).parent / "workflows" / "tilt_refinement.yaml"
+    runs = ordered_by_dependencies(load_workflow(path), path)
+    for run in runs:
+        protocol = get_protocol(run["protocol"])
+        protocol.Params(**run.get("params", {}))
+        assert set(run.get("inputs", {})) <= set(protocol.inputs), run["name"]
+    assert [r["protocol"] for r in runs].count("refine.tilt_geometry") == 2

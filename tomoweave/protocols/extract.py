@@ -321,3 +321,10 @@ class _ContrastImage:
 
     def __getitem__(self, region) -> np.ndarray:
         return ((np.asarray(self.raw[region], dtype=np.float32) - self.mean) / self.scale)
+
+
+def contrast_stack(series: TiltSeries, indices: list[int], context: ProcessContext) -> np.ndarray:
+    """The included tilts ``indices`` of a series as one contrast array (T, ny, nx) float32
+    (counts / mean − 1, or standardised when the images are not counts; see _ContrastTilts)."""
+    tilts = _ContrastTilts(series, indices, context)
+    return np.stack([tilts[i][...] for i in range(len(indices))]).astype(np.float32)

@@ -36,12 +36,15 @@ class CtfRefinement:
     defocus_changes_a : (T,) change of the mean defocus of each tilt, Å.
     particle_defocus_a : (N,) each particle's defocus offset (beyond its height), Å.
     tilt_scales : (T,) each tilt's amplitude scale relative to the median tilt.
+    determined : False when the compared band did not reach past the first CTF zero: then
+        nothing was changed (the scales are still measured).
     """
 
     optics: TiltSeriesOptics
     defocus_changes_a: np.ndarray
     particle_defocus_a: np.ndarray
     tilt_scales: np.ndarray
+    determined: bool = True
 
 
 def _envelopes(comparison: Comparison, optics: TiltSeriesOptics) -> np.ndarray:
@@ -101,7 +104,7 @@ def _best_on_grid(values: np.ndarray, grid: np.ndarray) -> float:
 def refine_ctf(comparison: Comparison, optics: TiltSeriesOptics, *,
                defocus_range_a: float = 4000.0, defocus_step_a: float = 25.0,
                astigmatism: bool = False, per_tilt_scale: bool = False,
-               particle_defocus: bool = True,
+               particle_defocus: bool = True, defocus_sigma_a: float = 1000.0,
                particle_sigma_a: float = 300.0, particle_range_a: float = 1000.0
                ) -> CtfRefinement:
     """Refine the CTF of every tilt (and each particle's defocus offset).
@@ -114,8 +117,13 @@ def refine_ctf(comparison: Comparison, optics: TiltSeriesOptics, *,
     astigmatism : also refine each tilt's astigmatism (magnitude and angle) locally.
     per_tilt_scale : each tilt's defocus with its own amplitude scale. Below the first CTF
         zero a scale and a defocus change look alike (−sin chi ≈ −chi ∝ defocus), so with
-        references of low resolution one scale shared by all tilts (default) is what keeps
-        the defocus determined; the per-tilt scales are reported either way.
+        references of low resolution one scale shared by all tilts (default, measured at the
+        current defoci) is what keeps the defoci tied; per-tilt scales are reported either
+        way. A band that does not reach 1.2 × the first CTF zero changes nothing
+        (``determined`` False).
+    defocus_sigma_a : prior width of each tilt's defocus change (the CTF estimate's error), Å:
+        where the comparison cannot tell defoci apart (references that do not reach past
+        the first CTF zero), the defocus stays where it was.
     particle_defocus : also refine a defocus offset per particle (prior σ
         ``particle_sigma_a``, searched within ± ``particle_range_a``), Å.
     """
@@ -136,20 +144,22 @@ def refine_ctf(comparison: Comparison, optics: TiltSeriesOptics, *,
     candidates = [_num_den(item, grid[:, None] * rate[None]) for item in terms]
     changes = np.zeros(n_tilts)
     scale = None
-    for _ in range(1 if per_tilt_scale else 4):  # shared scale: alternate scale and defoci
-        for t, (num, den) in enumerate(candidates):
-            values = (np.where(num > 0, num**2 / (2 * np.maximum(den, 1e-30)), 0.0)
-                      if scale is None else scale * num - 0.5 * scale**2 * den)
-            changes[t] = _best_on_grid(values, grid)
-        if not per_tilt_scale:
-            nums, dens = zip(*[_num_den(item, (changes[t] * rate)[None])
-                               for t, item in enumerate(terms)], strict=True)
-            scale = max(float(np.sum(nums) / max(np.sum(dens), 1e-30)), 1e-30)
+    if not per_tilt_scale:  # one scale, at the current defoci: the tilts' defoci stay tied
+        nums, dens = zip(*[_num_den(item, np.zeros((1, rate.size))) for item in terms],
+                         strict=True)
+        scale = max(float(np.sum(nums) / max(np.sum(dens), 1e-30)), 1e-30)
+    determined = _beyond_first_zero(setup.frequency.max(), optics, wavelength)
+    for t, (num, den) in enumerate(candidates):
+        if not determined:
+            break
+        values = (np.where(num > 0, num**2 / (2 * np.maximum(den, 1e-30)), 0.0)
+                  if scale is None else scale * num - 0.5 * scale**2 * den)
+        changes[t] = _best_on_grid(values - 0.5 * (grid / defocus_sigma_a) ** 2, grid)
     u, v = np.array(optics.defocus_u_a, float), np.array(optics.defocus_v_a, float)
     angles = np.array(optics.astigmatism_angle_deg, float)
     scales = np.zeros(n_tilts)
     for t in range(n_tilts):
-        if astigmatism:
+        if astigmatism and determined:
             u[t], v[t], angles[t], changes[t] = _astigmatism(terms[t], rate, angle, changes[t],
                                                              u[t], v[t], angles[t], scale)
         else:
@@ -158,11 +168,20 @@ def refine_ctf(comparison: Comparison, optics: TiltSeriesOptics, *,
         num, den = _num_den(terms[t], (changes[t] * rate)[None])
         scales[t] = max(float(num[0] / max(den[0], 1e-30)), 0.0)
     refined = replace(optics, defocus_u_a=u, defocus_v_a=v, astigmatism_angle_deg=angles)
-    if particle_defocus:
+    if particle_defocus and determined:
         offsets = _particle_offsets(comparison, refined, cross, power, scales, rate,
                                     particle_sigma_a, particle_range_a, defocus_step_a)
     median = np.median(scales[scales > 0]) if np.any(scales > 0) else 1.0
-    return CtfRefinement(refined, changes, offsets, scales / median)
+    return CtfRefinement(refined, changes, offsets, scales / median, determined)
+
+
+def _beyond_first_zero(frequency_inv_a: float, optics: TiltSeriesOptics,
+                       wavelength_a: float) -> bool:
+    """Whether the band reaches 1.2 × the first CTF zero of the series' mean defocus: below
+    it the CTF is a smooth rise that a scale imitates, and defoci are not determined."""
+    defocus = 0.5 * float(np.mean(optics.defocus_u_a) + np.mean(optics.defocus_v_a))
+    first_zero = 1.0 / np.sqrt(max(wavelength_a * defocus, 1e-30))
+    return frequency_inv_a >= 1.2 * first_zero
 
 
 def _astigmatism(terms, rate, angle, delta, u, v, angle_deg, scale):

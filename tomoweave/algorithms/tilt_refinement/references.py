@@ -29,13 +29,37 @@ REGULARISER = 0.02  # smallest Wiener constant, fraction of each shell's mean we
 
 
 @dataclass
+class SeriesParticles:
+    """One tilt series and its particles, as the refinement sees them.
+
+    images : (T, ny, nx) tilt images in contrast units, in the order of the geometry.
+    geometry, optics : current alignment (with deformation) and per-tilt CTF.
+    image_pixel_size_a : Å per pixel of ``images``.
+    positions_a, rotations : (N, 3), (N, 3, 3) the particles (reference -> particle).
+    half_sets : (N,) 1 or 2.
+    defocus_offsets_a : (N,) per-particle defocus offsets (ctf.refine_ctf), optional.
+    motion_a : (N, T, 2) per-particle motion beyond the geometry (motion.smooth_motion), Å.
+    """
+
+    images: np.ndarray
+    geometry: TiltGeometry
+    optics: pseudo.TiltSeriesOptics
+    image_pixel_size_a: float
+    positions_a: np.ndarray
+    rotations: np.ndarray
+    half_sets: np.ndarray
+    defocus_offsets_a: np.ndarray | None = None
+    motion_a: np.ndarray | None = None
+
+
+@dataclass
 class References:
     """half_maps {half: map}; group_maps {(half, group): map without that group};
-    groups (N,) each particle's group; fsc of the half maps; pixel_size_a."""
+    groups: per series, (N,) each particle's group; fsc of the half maps; pixel_size_a."""
 
     half_maps: dict
     group_maps: dict
-    groups: np.ndarray
+    groups: list
     fsc: GoldStandardFsc
     pixel_size_a: float
 
@@ -45,9 +69,12 @@ class References:
         box = next(iter(self.half_maps.values())).shape[0]
         return resolution_at_threshold(self.fsc.corrected, box, self.pixel_size_a, threshold)
 
-    def for_particles(self, half_sets: np.ndarray) -> tuple[dict, np.ndarray]:
-        """({label: map}, labels (N,)) for measure.compare_particles."""
-        labels = np.array([f"{h}:{g}" for h, g in zip(half_sets, self.groups, strict=True)])
+    def for_particles(self, series_index: int, half_sets: np.ndarray
+                      ) -> tuple[dict, np.ndarray]:
+        """({label: map}, labels (N,)) of one series' particles for
+        measure.compare_particles."""
+        groups = self.groups[series_index]
+        labels = np.array([f"{h}:{g}" for h, g in zip(half_sets, groups, strict=True)])
         maps = {f"{h}:{g}": m for (h, g), m in self.group_maps.items()}
         return maps, labels
 
@@ -62,44 +89,42 @@ def assign_groups(half_sets: np.ndarray, groups: int, seed: int = 0) -> np.ndarr
     return labels
 
 
-def build_references(images: np.ndarray, geometry: TiltGeometry,
-                     optics: pseudo.TiltSeriesOptics, image_pixel_size_a: float,
-                     positions_a: np.ndarray, rotations: np.ndarray, half_sets: np.ndarray, *,
-                     box_px: int, binning: float = 1.0, groups: int = 3,
-                     defocus_offsets_a: np.ndarray | None = None,
-                     motion_a: np.ndarray | None = None,
-                     mask: np.ndarray | None = None, seed: int = 0) -> References:
-    """Half maps and leave-one-group-out maps from pseudo-subtomograms.
+def build_references(series: list[SeriesParticles], *, box_px: int, binning: float = 1.0,
+                     groups: int = 1, mask: np.ndarray | None = None,
+                     seed: int = 0) -> References:
+    """Half maps and leave-one-group-out maps from the pseudo-subtomograms of all series.
 
     Parameters
     ----------
-    images : (T, ny, nx) tilt images in contrast units.
-    geometry, optics : the current geometry (with deformation) and CTF.
-    image_pixel_size_a : Å per pixel of ``images``.
-    positions_a, rotations : (N, 3), (N, 3, 3) the particles.
-    half_sets : (N,) 1 or 2.
+    series : the tilt series and their particles (SeriesParticles).
     box_px, binning : the maps' box and binning (pseudo_subtomogram).
     groups : groups per half (1: plain half maps).
-    defocus_offsets_a : (N,) per-particle defocus offsets (ctf.refine_ctf), optional.
-    motion_a : (N, T, 2) per-particle motion beyond the geometry (motion.smooth_motion), Å.
     mask : soft mask for the FSC, optional.
     """
-    positions = np.asarray(positions_a, dtype=float).reshape(-1, 3)
-    labels = assign_groups(half_sets, groups, seed)
-    matrices, offsets = geometry.matrices(), geometry.offsets_a(positions)
-    if motion_a is not None:
-        offsets = offsets + motion_a
     builders: dict = {}
+    labels_all = []
     pixel_out = None
-    for p, position in enumerate(positions):
-        image = pseudo.pseudo_subtomogram(
-            images, matrices, optics, image_pixel_size_a, position, box_px, binning=binning,
-            offsets_a=offsets[p],
-            defocus_offset_a=0.0 if defocus_offsets_a is None else defocus_offsets_a[p])
-        pixel_out = image.pixel_size_a
-        key = (half_sets[p].item(), int(labels[p]))
-        builder = builders.setdefault(key, Reconstructor(box_px))
-        builder.add(image.data_ft[None], image.weight[None], rotations[p][None])
+    for index, item in enumerate(series):
+        labels = assign_groups(np.asarray(item.half_sets), groups, seed + index)
+        labels_all.append(labels)
+        positions = np.asarray(item.positions_a, dtype=float).reshape(-1, 3)
+        matrices, offsets = item.geometry.matrices(), item.geometry.offsets_a(positions)
+        if item.motion_a is not None:
+            offsets = offsets + item.motion_a
+        for p, position in enumerate(positions):
+            image = pseudo.pseudo_subtomogram(
+                item.images, matrices, item.optics, item.image_pixel_size_a, position, box_px,
+                binning=binning, offsets_a=offsets[p],
+                defocus_offset_a=0.0 if item.defocus_offsets_a is None
+                else item.defocus_offsets_a[p])
+            pixel_out = image.pixel_size_a
+            key = (np.asarray(item.half_sets)[p].item(), int(labels[p]))
+            builder = builders.setdefault(key, Reconstructor(box_px))
+            builder.add(image.data_ft[None], image.weight[None], item.rotations[p][None])
+    return _maps(builders, labels_all, groups, box_px, pixel_out, mask)
+
+
+def _maps(builders, labels_all, groups, box_px, pixel_out, mask) -> References:
     halves = sorted({h for h, _ in builders})
     half_maps = {}
     for half in halves:
@@ -121,7 +146,7 @@ def build_references(images: np.ndarray, geometry: TiltGeometry,
                     rest.merge(builder)
             volume = rest.reconstruct(epsilon=REGULARISER)
         group_maps[(half, group)] = _filtered(volume, weighting)
-    return References(half_maps, group_maps, labels, fsc, float(pixel_out))
+    return References(half_maps, group_maps, labels_all, fsc, float(pixel_out))
 
 
 def _filtered(volume: np.ndarray, rfft_filter: np.ndarray) -> np.ndarray:
