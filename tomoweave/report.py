@@ -66,6 +66,7 @@ def _run_section(project: Project, run, assets: Path, page_dir: Path) -> str:
                       for n, o in summary["outputs"].items())
     figures = _output_previews(project, run, assets, page_dir)
     figures += _run_plots(project.root / run.folder / "outputs", page_dir)
+    summaries = _run_summaries(project.root / run.folder / "outputs")
     failed = "".join(f"<li>{html.escape(t)}: {html.escape(str(j['error']))}</li>"
                      for t, j in project.catalog.journal(run.id).items() if j["state"] == TaskState.FAILED)
     return (f"<h2 id='run{run.id}'>{run.id}. {html.escape(run.name)} "
@@ -75,9 +76,17 @@ def _run_section(project: Project, run, assets: Path, page_dir: Path) -> str:
             f"Inputs: {html.escape(json.dumps(summary['inputs']))}</p>"
             + (f"<table><tr><th>parameter (set or default)</th><th>value</th></tr>{params}</table>"
                if params else "")
-            + f"<ul>{outputs}</ul>"
+            + f"<ul>{outputs}</ul>" + summaries
             + (f"<p>Failed items:</p><ul>{failed}</ul>" if failed else "")
             + "".join(figures))
+
+
+def _run_summaries(outputs: Path) -> str:
+    """The agreement summaries (``*_summary.txt``) a run wrote, e.g. the consensus protocols'."""
+    if not outputs.exists():
+        return ""
+    texts = [p.read_text(errors="replace") for p in sorted(outputs.glob("*_summary.txt"))[:24]]
+    return "".join(f"<pre class='summary'>{html.escape(t.strip())}</pre>" for t in texts)
 
 
 def _run_plots(outputs: Path, page_dir: Path) -> list[str]:
