@@ -116,8 +116,14 @@ def remove_duplicates(positions_a: np.ndarray, distance_a: float,
     labels = _clusters(positions, distance_a)
     merged, members = [], []
     score_array = None if scores is None else np.asarray(scores, dtype=float)
-    for label in np.unique(labels):
-        group = np.flatnonzero(labels == label)
+    sizes = np.bincount(labels) if len(labels) else np.zeros(0, int)
+    alone = np.flatnonzero(sizes[labels] == 1)  # most particles: their own group, as they are
+    merged.extend(positions[alone])
+    members.extend(alone[:, None])
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for label in np.flatnonzero(sizes > 1):
+        group = order[starts[label]:starts[label + 1]]
         if score_array is not None:
             group = group[np.argsort(-score_array[group], kind="stable")]
             weights = np.clip(score_array[group], 0, None)
