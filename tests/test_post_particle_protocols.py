@@ -35,6 +35,7 @@ from tomoweave.formats.relion_subtomograms import write_relion31_subtomograms
 from tomoweave.formats.star_io import read_star_blocks
 from tomoweave.geometry.rotations import random_rotations
 from tomoweave.model import Particle, Subtomogram
+from tomoweave.protocols.postprocess_outputs import MAP_BACK_PNG
 from tomoweave.sim.oracle import truth_map
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -176,6 +177,7 @@ def test_map_back_protocol(map_back_project, mode):
             true = box_at(scene, position)
         assert np.linalg.norm(peak_shift(true, mine)) < 1.0
     outputs = project.root / run.folder / "outputs"
+    assert (outputs / f"TS_01_{MAP_BACK_PNG}").stat().st_size > 1000
     commands = parse_cxc((outputs / "TS_01_mapback.cxc").read_text())
     opened = [args[0] for name, args in commands if name == "open"]
     assert (outputs / opened[0]).resolve() == project.path(

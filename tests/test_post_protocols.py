@@ -22,7 +22,11 @@ from tomoweave.engine.errors import InputError
 from tomoweave.engine.registry import register_protocol
 from tomoweave.formats.mrc import read_mrc, write_mrc
 from tomoweave.model import Particle, Tomogram
-from tomoweave.protocols.postprocess_outputs import GUINIER_PNG, HISTOGRAM_PNG
+from tomoweave.protocols.postprocess_outputs import (
+    GUINIER_PNG,
+    HISTOGRAM_PNG,
+    LOCAL_RESOLUTION_PNG,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_post_sharpen import BOX, PIXEL_A, atom_map, band_limited, blurred, half_maps  # noqa: E402
@@ -129,6 +133,7 @@ def test_local_resolution_of_tomograms_and_particle_filter(project):
     assert np.median(values[:, :, 44:]) > 1.3 * np.median(values[:, :, 4:30])
     outputs = project.root / run.folder / "outputs"
     assert (outputs / f"TS_01_{HISTOGRAM_PNG}").stat().st_size > 1000
+    assert (outputs / f"TS_01_{LOCAL_RESOLUTION_PNG}").stat().st_size > 1000
     threshold = float(np.median(values[:, :, 4:30]) * 1.15)
     run = project.run("particles.filter_by_local_resolution",
                       inputs={"particles": "tomo.particles",

@@ -246,6 +246,10 @@ class LocalResolution(Protocol):
         postprocess_outputs.histogram_png(
             inside, context.output_path(f"{item.name}_{postprocess_outputs.HISTOGRAM_PNG}"),
             f"{item.name}: local resolution")
+        postprocess_outputs.local_resolution_png(
+            0.5 * (half1 + half2), result.map_a,
+            context.output_path(f"{item.name}_{postprocess_outputs.LOCAL_RESOLUTION_PNG}"),
+            f"{item.name}: local resolution (median {np.median(inside):.1f} Å)")
         write = average_outputs.write_map
         size = tuple(int(n) for n in half1.shape[::-1])
         return {"local_resolution": Volume(

@@ -13,6 +13,7 @@ from tomoweave.formats.mrc import MrcError, read_mrc
 from tomoweave.model import Average, Volume
 
 GUINIER_PNG, HISTOGRAM_PNG = "guinier.png", "local_resolution_histogram.png"
+LOCAL_RESOLUTION_PNG, MAP_BACK_PNG = "local_resolution_slices.png", "map_back.png"
 
 
 def read_map(context: ProcessContext, stored_path: str | None, what: str) -> np.ndarray:
@@ -98,6 +99,52 @@ def histogram_png(values_a: np.ndarray, path: Path, title: str) -> Path:
     axes.set_xlabel("local resolution (Å)")
     axes.set_ylabel("voxels")
     axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def local_resolution_png(volume: np.ndarray, resolution_a: np.ndarray, path: Path,
+                         title: str) -> Path:
+    """Central XY, XZ and YZ slices of a map (grey) with its local resolution in colour."""
+    plt = _pyplot()
+    z, y, x = (n // 2 for n in volume.shape)
+    planes = [("XY", volume[z], resolution_a[z]), ("XZ", volume[:, y, :], resolution_a[:, y, :]),
+              ("YZ", volume[:, :, x], resolution_a[:, :, x])]
+    values = resolution_a[resolution_a > 0]
+    low, high = (np.percentile(values, [2, 98]) if values.size else (0.0, 1.0))
+    figure, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    image = None
+    for axis, (label, plane, local) in zip(axes, planes, strict=True):
+        axis.imshow(plane, cmap="gray", origin="lower")
+        shown = np.ma.masked_where(local <= 0, local)
+        image = axis.imshow(shown, cmap="turbo", alpha=0.55, vmin=low,
+                            vmax=high if high > low else low + 1, origin="lower")
+        axis.set_title(f"central {label}", fontsize=9)
+        axis.set_axis_off()
+    figure.colorbar(image, ax=list(axes), label="local resolution (Å)", shrink=0.8)
+    figure.suptitle(title, fontsize=9)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def map_back_png(tomogram: np.ndarray | None, placed: np.ndarray, path: Path,
+                 title: str) -> Path:
+    """The central XY slice of the tomogram (grey) with the placed copies outlined."""
+    plt = _pyplot()
+    z = placed.shape[0] // 2
+    figure, axis = plt.subplots(figsize=(5, 5))
+    if tomogram is not None and tomogram.shape == placed.shape:
+        plane = tomogram[z]
+        low, high = np.percentile(plane, [1, 99])
+        axis.imshow(plane, cmap="gray", origin="lower", vmin=low, vmax=max(high, low + 1e-6))
+    slab = placed[max(0, z - 2):z + 3].max(axis=0)
+    if slab.max() > 0:
+        axis.contour(slab, levels=[0.5 * float(slab.max())], colors="#f6ad55", linewidths=1)
+    axis.set_title(title, fontsize=9)
+    axis.set_axis_off()
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

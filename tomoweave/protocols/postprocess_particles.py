@@ -250,6 +250,15 @@ class MapBack(Protocol):
         script = chimerax_script(tomogram_file, f"{name}_mapback.mrc", pixel, level=level,
                                  label_map=label_mode, particles_file=star.name)
         context.output_path(f"{name}_mapback.cxc").write_text(script)
+        try:
+            tomogram_map = postprocess_outputs.read_map(context, tomogram.path,
+                                                        f"tomogram {name}")
+        except ItemError:
+            tomogram_map = None  # the picture goes without the tomogram
+        postprocess_outputs.map_back_png(
+            tomogram_map, out.astype(np.float32),
+            context.output_path(f"{name}_{postprocess_outputs.MAP_BACK_PNG}"),
+            f"{name}: {len(particles)} copies of {averages[0].name} ({params.mode})")
         context.log(f"{name}: {len(particles)} copies placed ({params.mode}); open "
                     f"{name}_mapback.cxc in ChimeraX, {star.name} in ArtiaX")
         return {"volumes": tomogram.model_copy(update={
