@@ -289,3 +289,53 @@ def test_viewer_and_run_picture_agree_y_up(two_series, page):
         return [d[0], d[1], d[2]];
     }""", list(expected))
     assert marker == [246, 173, 85]  # the particle's centre dot (its set's colour) on the cube
+
+
+def _text_heights(page) -> list[float]:
+    return page.evaluate("[...document.querySelectorAll('svg.graph g.node text.title')]"
+                         ".map(t => t.getBoundingClientRect().height)")
+
+
+def test_a_long_project_graph_is_legible_zooms_and_pans(two_series, page):
+    """Issue 18.8: a chain of 12 more runs (the demo's graph was 4708 px squeezed into 904) wraps
+    into bands with legible text; zoom, pan and the compact mode work."""
+    project, url = two_series["project"], two_series["url"]
+    previous = f"{two_series['simulated'].name}.tilt_series"
+    for index in range(12):
+        previous = f"{project.run('tiltseries.bin', inputs={'tilt_series': previous}, params={'binning': 1}, name=f'chain-{index}', executor='inline').name}.tilt_series"  # noqa: E501
+    n_runs = len(project.runs())
+    page.goto(url)
+    nodes = page.locator("svg.graph g.node")
+    expect(nodes).to_have_count(n_runs)
+    expect(page.locator("#graph-compact")).to_be_checked()  # more than 12 runs: compact first
+    wrap = page.locator("#graph").bounding_box()
+    graph = page.locator("svg.graph")
+    assert graph.bounding_box()["width"] <= wrap["width"] + 1
+    assert int(graph.get_attribute("data-bands")) >= 2
+    heights = _text_heights(page)
+    assert len(heights) == n_runs and min(heights) >= 9, heights  # not squeezed (was ~2.5 px)
+    compact_box = page.locator("svg.graph g.node rect.box").first.bounding_box()
+
+    page.click("#graph-zoom-in")
+    expect(graph).to_have_attribute("data-zoom", "1.250")
+    assert min(_text_heights(page)) == pytest.approx(1.25 * min(heights), rel=0.05)
+    view_box = [float(v) for v in graph.get_attribute("viewBox").split()]
+    box = graph.bounding_box()
+    page.mouse.move(box["x"] + 300, box["y"] + 120)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 200, box["y"] + 70, steps=5)
+    page.mouse.up()
+    panned = [float(v) for v in graph.get_attribute("viewBox").split()]
+    assert panned[0] == pytest.approx(view_box[0] + 100 / 1.25, abs=1)
+    assert panned[1] == pytest.approx(view_box[1] + 50 / 1.25, abs=1)
+    assert page.url.endswith("/")  # the drag did not open a run
+    page.click("#graph-fit")
+    expect(graph).to_have_attribute("data-zoom", "1.000")
+
+    page.locator("#graph-compact").uncheck()
+    expect(page.locator("svg.graph.compact")).to_have_count(0)
+    full_box = page.locator("svg.graph g.node rect.box").first.bounding_box()
+    assert full_box["height"] > 1.5 * compact_box["height"]
+    assert min(_text_heights(page)) >= 9
+    names = page.locator("#run-table tr[data-run='chain-0'] td b")
+    assert names.evaluate("b => b.querySelectorAll('wbr').length") == 1  # wraps at the '-'
