@@ -114,7 +114,7 @@ def test_paths_outside_the_project_are_refused(client, web_project, tmp_path):
         assert b"not for you" not in response.content
     assert client.get("/api/file", params={"path": "../secret.png"}).status_code == 403
     assert client.get("/api/file", params={"path": str(outside)}).status_code == 403
-    for endpoint in ("/api/volume/slice", "/api/image", "/api/volume/info"):
+    for endpoint in ("/api/volume/slice", "/api/image", "/api/volume/info", "/api/volume/data"):
         assert client.get(endpoint, params={"path": "../x.mrc"}).status_code == 403
         assert client.get(endpoint, params={"path": "/etc/hostname"}).status_code == 403
     assert client.get("/api/file", params={"path": "runs/nothing.png"}).status_code == 404

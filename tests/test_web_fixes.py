@@ -7,8 +7,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import ndimage
 from playwright.sync_api import expect
+from scipy import ndimage
 from test_web_browser import OFF_TILT_INDEX, TrueCtf
 from web_serving import chromium_page, serve
 
@@ -285,7 +285,8 @@ def test_viewer_and_run_picture_agree_y_up(two_series, page):
     assert abs(viewer_at[0] - expected[0]) < 1.5 / nx and abs(viewer_at[1] - expected[1]) < 1.5 / ny
     marker = page.evaluate("""([fx, fy]) => {
         const c = document.querySelector('#slice-canvas');
-        const d = c.getContext('2d').getImageData(Math.round(fx * c.width), Math.round(fy * c.height), 1, 1).data;
+        const at = [Math.round(fx * c.width), Math.round(fy * c.height)];
+        const d = c.getContext('2d').getImageData(at[0], at[1], 1, 1).data;
         return [d[0], d[1], d[2]];
     }""", list(expected))
     assert marker == [246, 173, 85]  # the particle's centre dot (its set's colour) on the cube

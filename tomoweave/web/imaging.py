@@ -109,6 +109,23 @@ def image_plane(path: Path, index: int, binning: int = 1) -> np.ndarray:
     return block_average(plane, max(1, int(binning)))
 
 
+def volume_binned(path: Path, max_size_px: int = 64) -> tuple[np.ndarray, int]:
+    """The whole volume [z, y, x] block-averaged by the smallest power of two that brings every
+    axis within ``max_size_px`` (for the 3D view), float32 C-ordered, and that binning."""
+    data, _ = _cache.get(path)
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    binning = auto_binning(data.shape, max_size_px)
+    if binning == 1:
+        return np.ascontiguousarray(data, dtype=np.float32), 1
+    steps = [min(binning, n) for n in data.shape]  # a thin axis is averaged whole
+    sizes = [n // f for n, f in zip(data.shape, steps, strict=True)]
+    cropped = np.asarray(data[tuple(slice(0, n * f) for n, f in zip(sizes, steps, strict=True))],
+                         dtype=np.float32)
+    blocks = cropped.reshape(sizes[0], steps[0], sizes[1], steps[1], sizes[2], steps[2])
+    return np.ascontiguousarray(blocks.mean(axis=(1, 3, 5), dtype=np.float32)), binning
+
+
 def block_average(plane: np.ndarray, binning: int) -> np.ndarray:
     if binning <= 1:
         return plane
@@ -157,8 +174,8 @@ def contrast_limits(plane: np.ndarray, info: VolumeInfo | None, low_sigma: float
     return mean + low_sigma * std, mean + high_sigma * std
 
 
-def auto_binning(plane_shape: tuple[int, int], max_size_px: int = 1024) -> int:
-    """Smallest power-of-two binning that fits a plane into ``max_size_px``."""
+def auto_binning(plane_shape: tuple[int, ...], max_size_px: int = 1024) -> int:
+    """Smallest power-of-two binning that fits a plane (or volume) into ``max_size_px``."""
     binning = 1
     while max(plane_shape) / binning > max_size_px:
         binning *= 2

@@ -163,8 +163,10 @@ def run_details(request: Request, run_id: int) -> dict[str, Any]:
 
 def viewers_of(item_type: str, data: dict[str, Any]) -> list[str]:
     """The viewers that can show an item (page names of the front end)."""
-    if item_type in ("Tomogram", "Volume"):
+    if item_type == "Tomogram":
         return ["tomogram"]
+    if item_type == "Volume":  # templates, references, masks
+        return ["tomogram", "isosurface"]
     if item_type == "Average":
         return ["average"]
     if item_type == "TiltSeries":

@@ -64,6 +64,30 @@ async def volume_slice(request: Request, path: str, axis: str = "z", index: int 
                     headers={**PNG_HEADERS, "X-Binning": str(factor), "X-Index": str(at)})
 
 
+MAX_3D_SIZE_PX = 128
+
+
+@router.get("/volume/data")
+async def volume_data(request: Request, path: str, max_size: int = 64) -> Response:
+    """The volume binned to at most ``max_size`` voxels per axis, as raw little-endian float32
+    [z, y, x] (for the browser's isosurface view); shape, binning and statistics in headers."""
+    resolved = _mrc_path(request, path)
+    if not 8 <= max_size <= MAX_3D_SIZE_PX:
+        raise HTTPException(422, {"message": f"max_size must be 8 to {MAX_3D_SIZE_PX}",
+                                  "errors": [{"field": "max_size", "message": "8 to 128"}]})
+
+    def render() -> tuple[bytes, tuple[int, ...], int, float, float]:
+        volume, factor = imaging.volume_binned(resolved, max_size)
+        return (volume.astype("<f4").tobytes(), volume.shape, factor, float(volume.mean()),
+                float(volume.std()) or 1.0)
+
+    body, shape, factor, mean, std = await run_in_threadpool(render)
+    info = imaging.volume_info(resolved)
+    return Response(body, media_type="application/octet-stream", headers={
+        **PNG_HEADERS, "X-Size-Xyz": f"{shape[2]},{shape[1]},{shape[0]}", "X-Binning": str(factor),
+        "X-Mean": f"{mean:.6g}", "X-Std": f"{std:.6g}", "X-Pixel-Size-A": f"{info.pixel_size_a:.6g}"})
+
+
 @router.get("/image")
 async def tilt_image(request: Request, path: str, index: int = 0, binning: int = 0,
                      low_sigma: float = -3.0, high_sigma: float = 3.0) -> Response:

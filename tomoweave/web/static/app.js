@@ -6,6 +6,7 @@ import { showTomogram } from "./tomogram.js";
 import { showTiltSeries } from "./tiltseries.js";
 import { showAverage } from "./ctf.js";
 import { showCtf } from "./ctf_assistant.js";
+import { showIsosurface } from "./volume3d.js";
 
 const listeners = new Set();
 let routeCount = 0;
@@ -185,6 +186,7 @@ async function route() {
       tiltseries: () => showTiltSeries(page, Number(parts[1]), parts[2], parts[3]),
       ctf: () => showCtf(page, Number(parts[1]), parts[2], parts[3]),
       average: () => showAverage(page, Number(parts[1]), parts[2], parts[3]),
+      isosurface: () => showIsosurface(page, Number(parts[1]), parts[2], parts[3]),
     }[parts[0]];
     if (parts.length === 0) await showGraph(page);
     else if (show) await show();

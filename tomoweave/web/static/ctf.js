@@ -1,5 +1,6 @@
 // Plots on a canvas, and the average viewer (central slices and the gold-standard FSC curve).
 import { api, el, fmt } from "./app.js";
+import { IsosurfaceView } from "./volume3d.js";
 
 // A scatter/line plot on a canvas (exported for the CTF assistant); returns the pixel positions of the points for hit-testing.
 export function plot(canvas, series, options) {
@@ -65,7 +66,8 @@ export async function showAverage(view, runId, output, key) {
       ` · ${average.size_xyz.join(" × ")} voxels · ${fmt(average.pixel_size_a, 2)} Å/voxel · ${average.symmetry}`,
       average.resolution_a ? ` · ${fmt(average.resolution_a, 1)} Å (FSC 0.143)` : "",
       average.particle_count ? ` · ${average.particle_count} particles` : ""))),
-  el("div", { class: "panel" }, slices));
+  el("div", { class: "panel" }, slices),
+  el("div", { class: "panel" }, el("h2", {}, "3D"), new IsosurfaceView(average.path).node));
   if (average.fsc && average.fsc.length) {
     const canvas = el("canvas", { id: "fsc-plot", width: 760, height: 360, style: "width:100%;max-width:760px" });
     view.append(el("div", { class: "panel" }, el("h2", {}, "Gold-standard FSC"), canvas));

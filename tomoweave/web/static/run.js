@@ -4,7 +4,7 @@ import { api, el, fieldLabel, fmt, onProjectEvent, setCleanup, stateBadge, when 
 
 // "stopped": the run ended (Stop, a kill) before this output was complete
 const OUTPUT_STATES = { open: "still growing", closed: "complete", stopped: "incomplete: the run stopped" };
-const VIEWER_LABELS = { tomogram: "slices", tiltseries: "tilts", ctf: "CTF assistant", average: "map & FSC" };
+const VIEWER_LABELS = { isosurface: "3D", tomogram: "slices", tiltseries: "tilts", ctf: "CTF assistant", average: "map & FSC" };
 
 function paramTable(run) {
   const props = (run.protocol_info && run.protocol_info.params.properties) || {};
