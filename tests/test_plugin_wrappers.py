@@ -86,3 +86,46 @@ def test_aretomo_align_command_and_aln_parsed(tmp_path, aretomo):
     command = run.record.provenance["commands"][0]
     assert command["programs"][0] == {"name": "AreTomo2", "family": "AreTomo",
                                       "path": str(script), "version": "1.1.2"}
+
+
+DEFOCUS = SHARED / "ctf" / "test_imod.defocus"
+CTFPLOTTER_STAND_IN = """#!/bin/sh
+python3 -c 'import json, sys; json.dump(sys.argv[2:], open(sys.argv[1], "w"))' "{args}" "$@"
+out=""; prev=""
+for a in "$@"; do [ "$prev" = -DefocusFile ] && out="$a"; prev="$a"; done
+cp "{defocus}" "$out"
+echo "ctfplotter: fitted"
+"""
+
+
+@pytest.mark.skipif(not DEFOCUS.is_file(), reason="../shared/data is not beside the checkout")
+def test_ctfplotter_command_and_defocus_parsed(tmp_path, monkeypatch):
+    folder = tmp_path / "imod-bin"
+    folder.mkdir()
+    script = folder / "ctfplotter"
+    script.write_text(CTFPLOTTER_STAND_IN.format(args=tmp_path / "args.json", defocus=DEFOCUS))
+    script.chmod(0o755)
+    monkeypatch.setenv("TOMOWEAVE_IMOD", str(folder))
+    rows = [line.split() for line in DEFOCUS.read_text().splitlines() if line.strip()]
+    angles = [float(r[2]) for r in rows]  # the file's views: 35 tilts, -51° … 51°
+    stack = write_stack(tmp_path / "data" / "TS_03.mrc", len(angles), (32, 32), pixel_size_a=2.5)
+    stack.with_suffix(".tlt").write_text("".join(f"{a:.2f}\n" for a in angles))
+    project = Project.init(tmp_path / "proj")
+    project.run("import.tiltseries", params={"files": [str(stack)], "tilt_axis_deg": 84.5},
+                executor="inline", name="raw")
+    run = project.run("imod.ctfplotter", inputs={"tilt_series": "raw"},
+                      params={"expected_defocus_a": 32000.0}, executor="inline")
+    assert run.state == "finished", run.record.error
+    work = project.root / run.folder / "work" / "TS_03"
+    (raw,) = project.items("raw")
+    # ctfplotter's man page: lengths in nm, fit every view (-AutoFitRangeAndStep 0,0)
+    assert json.loads((tmp_path / "args.json").read_text()) == [
+        "-InputStack", str(project.path(raw.tilts[0].image_path)), "-AngleFile",
+        str(work / "TS_03.tlt"), "-DefocusFile", str(work / "TS_03.defocus"), "-AxisAngle",
+        "84.5", "-PixelSize", "0.25", "-Voltage", "300", "-SphericalAberration", "2.7",
+        "-AmplitudeContrast", "0.07", "-ExpectedDefocus", "3200", "-DefocusTol", "200",
+        "-AutoFitRangeAndStep", "0,0", "-SaveAndExit"]
+    (series,) = project.items(run)
+    for tilt, row in zip(series.tilts, rows, strict=True):  # defocus in nm, underfocus > 0
+        assert tilt.ctf.defocus_u_a == tilt.ctf.defocus_v_a == pytest.approx(10 * float(row[4]))
+    assert run.record.provenance["commands"][0]["programs"][0]["path"] == str(script)

@@ -11,8 +11,8 @@ from tomoweave.convert import ConversionError, ConvertOptions, load
 from tomoweave.engine import Input, ItemError, Output, ProcessContext, Protocol, param
 from tomoweave.engine.programs import Program
 from tomoweave.formats.imod import write_tilt_angles
-from tomoweave.formats.mrc import MrcError, read_mrc, write_mrc
 from tomoweave.model import TiltSeries
+from tomoweave.plugins.stacks import series_stack
 
 ARETOMO2 = Program(
     name="AreTomo2", family="AreTomo", aliases=("AreTomo",), version_args=("--version",),
@@ -72,7 +72,7 @@ class AreTomoAlign(Protocol):
 
     def process(self, item: TiltSeries, params: AreTomoAlignParams,
                 context: ProcessContext) -> dict[str, Any]:
-        stack = self._stack(item, context)
+        stack = series_stack(item, context)
         angles = context.work_dir / f"{item.name}.tlt"
         write_tilt_angles(angles, [t.tilt_deg for t in item.tilts])
         output = context.work_dir / f"{item.name}_aretomo.mrc"
@@ -98,21 +98,3 @@ class AreTomoAlign(Protocol):
         context.log(f"{item.name}: AreTomo2 aligned {len(kept)} of {len(out.tilts)} tilts, tilt "
                     f"axis {np.median([t.alignment.z_rot_deg for t in kept]):.2f}°")
         return {"tilt_series": out}
-
-    @staticmethod
-    def _stack(item: TiltSeries, context: ProcessContext):
-        """The series' images as one MRC stack in its tilt order (the stack itself when it
-        already is one)."""
-        paths = {t.image_path for t in item.tilts}
-        if None in paths:
-            raise ItemError(f"{item.name}: a tilt has no image")
-        if len(paths) == 1 and [t.image_index for t in item.tilts] == list(range(len(item.tilts))):
-            return context.resolve(item.tilts[0].image_path)
-        try:
-            images = [read_mrc(context.resolve(t.image_path))[0] for t in item.tilts]
-            slices = [i[t.image_index] if i.ndim == 3 else i for i, t in zip(images, item.tilts,
-                                                                              strict=True)]
-        except MrcError as error:
-            raise ItemError(str(error)) from None
-        return write_mrc(context.work_dir / f"{item.name}.mrc", np.stack(slices),
-                         item.pixel_size_a, stack=True)
