@@ -56,6 +56,14 @@ def test_classify_2d_groups_rotated_copies_of_two_shapes():
     assert np.median(spread) <= 10.0
 
 
+def test_correlation_cut_needs_two_populations():
+    rng = np.random.default_rng(2)
+    one = rng.normal(0.5, 0.05, 200)
+    assert spa_leap.correlation_cut(one) == -np.inf
+    two = np.concatenate([rng.normal(0.15, 0.05, 60), rng.normal(0.9, 0.03, 140)])
+    assert 0.3 < spa_leap.correlation_cut(two) < 0.75
+
+
 def test_spa_leap_drops_junk():
     particles = mixtures.two_species(200, fraction_first=1.0, junk_fraction=0.3, seed=5)
     images = particles.images
@@ -66,7 +74,11 @@ def test_spa_leap_drops_junk():
                                            resolution_a=25.0)
     classes = spa_leap.classify_2d(projections, 10, mask_radius_px=13, iterations=10)
     scores = spa_leap.particle_scores(classes.averages, particle_radius_px=11)
-    kept = spa_leap.kept_particles(classes.labels, spa_leap.select_classes(scores))
+    cut = spa_leap.correlation_cut(classes.scores)
+    assert np.isfinite(cut)  # particles and junk correlate differently with their classes
+    selected = spa_leap.select_classes(scores, labels=classes.labels, scores=classes.scores,
+                                       cut=cut)
+    kept = spa_leap.kept_particles(classes.labels, selected, scores=classes.scores, cut=cut)
     assert np.mean(true[kept]) >= 0.9  # kept particles that are true
     assert np.mean(kept[true]) >= 0.9  # true particles that are kept
     assert len(classes.history) >= 1 and sum(classes.history[-1]["sizes"]) == 200

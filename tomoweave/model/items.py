@@ -208,6 +208,10 @@ class Average(_Item):
         None, description="per-iteration statistics of the refinement that made it "
         "(iteration, resolution_a, angular_step_deg, mean_angular_change_deg, "
         "mean_shift_change_a, seconds, ...)")
+    class_id: int | None = Field(None, ge=0, description="the class it averages (classification "
+                                 "outputs; Particle.class_id of its members)")
+    occupancy: float | None = Field(None, ge=0, le=1, description="fraction of the particles "
+                                    "in the class (Σ of their posteriors / N)")
 
     def fsc_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(frequencies 1/Å, FSC) as arrays, empty when there is no curve."""
@@ -244,6 +248,9 @@ class Particle(_Item):
         "of its subtomogram box, Å in the tomogram frame; position_a + shift_a is the refined "
         "centre. None: never refined")
     half_set: int | None = Field(None, ge=1, le=2, description="gold-standard half set, 1 or 2")
+    components: list[float] | None = Field(
+        None, description="coordinates on the principal components of average.pca (first "
+        "component first)")
 
     @field_validator("rotation")
     @classmethod

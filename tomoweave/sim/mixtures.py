@@ -289,3 +289,42 @@ def rotations_viewing_along(directions: np.ndarray, spread_deg: float, count: in
         c, s = np.cos(np.radians(spin)), np.sin(np.radians(spin))
         out[i] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ base
     return out
+
+
+def write_subtomograms(folder, particles: ParticleSet, *, rotations: np.ndarray | None = None,
+                       field_a: float = 3000.0, seed: int = 0):
+    """Write ``particles`` as CTF-premultiplied subtomograms (box, and √ of the CTF² weight as
+    RELION's rlnCtfImage) with a RELION 3.1 particles STAR (premultiplied), spread over a
+    field ``field_a`` wide so half sets split by region. Particle i is named ``p{i:04d}`` and
+    carries ``rotations[i]`` (default: its true pose). Returns the STAR's path."""
+    from pathlib import Path
+
+    from tomoweave.algorithms.fourier import centred_grid_from_rfft
+    from tomoweave.formats.mrc import write_mrc
+    from tomoweave.formats.relion_subtomograms import write_relion31_subtomograms
+    from tomoweave.model import Particle, Subtomogram
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = particles.images
+    poses = particles.rotations if rotations is None else np.asarray(rotations, dtype=float)
+    rng = np.random.default_rng([seed, 11])
+    count, box, pixel = len(images), images.box_px, images.pixel_size_a
+    positions = np.column_stack([rng.uniform(-field_a / 2, field_a / 2, (count, 2)),
+                                 rng.uniform(-200.0, 200.0, count)])
+    items = []
+    for i in range(count):
+        name = f"p{i:04d}"
+        volume = scipy.fft.irfftn(images.data_ft[i], (box,) * 3).astype(np.float32)
+        write_mrc(folder / f"{name}.mrc", volume, pixel)
+        # RELION squares rlnCtfImage also for premultiplied data: the weight Σ h² travels
+        # as its square root (see protocols/import_subtomograms.py)
+        root = np.sqrt(np.maximum(images.weight[i], 0.0))
+        write_mrc(folder / f"{name}_weight.mrc", centred_grid_from_rfft(root, box), pixel)
+        particle = Particle(name=name, tomogram="TS_01", position_a=tuple(positions[i]),
+                            rotation=poses[i].tolist())
+        items.append(Subtomogram(name=name, particle=particle, path=f"{name}.mrc",
+                                 weight_path=f"{name}_weight.mrc", ctf_premultiplied=True,
+                                 pixel_size_a=pixel, box_size_px=box))
+    return write_relion31_subtomograms(folder / "particles.star", items,
+                                       lambda stored: folder / stored)

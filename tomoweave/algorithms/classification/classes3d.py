@@ -477,3 +477,24 @@ def final_class_maps(source: sources.ImageSource, state: ClassifyState,
             progress((k + 1) / len(builders), "final class maps")
     return ClassifyResult(state, np.stack(maps), np.stack(halves), curves,
                           state.responsibilities.sum(axis=0))
+
+
+def class_maps_from_labels(source: sources.ImageSource, rotations: np.ndarray,
+                           shifts_a: np.ndarray, half_sets: np.ndarray, labels: np.ndarray,
+                           settings: ClassifySettings) -> ClassifyResult:
+    """Class maps (halves, FSC) of a given partition, e.g. clusters of principal components:
+    ``labels`` (N,) in 0 … K-1, poses as in :func:`initial_state`."""
+    count, k = source.count, settings.classes
+    labels = np.asarray(labels, dtype=int).reshape(count)
+    if labels.min() < 0 or labels.max() >= k:
+        raise ValueError(f"labels span {labels.min()} … {labels.max()}: expected 0 … {k - 1}")
+    rotations = np.asarray(rotations, dtype=float).reshape(count, 3, 3)
+    shifts = np.asarray(shifts_a, dtype=float).reshape(count, 3)
+    state = ClassifyState(
+        references=np.zeros((k, 2, 1, 1, 1), np.float32),
+        class_rotations=np.repeat(rotations[:, None], k, axis=1),
+        class_shifts_a=np.repeat(shifts[:, None], k, axis=1),
+        half_sets=np.asarray(half_sets).astype(np.int8).reshape(count),
+        responsibilities=np.eye(k)[labels], noise_power=np.ones(source.box_px // 2 + 1),
+        log_likelihood=np.zeros((count, k)))
+    return final_class_maps(source, state, settings)

@@ -8,7 +8,9 @@ classification with in-plane alignment: K classes seeded from random subsets, ev
 compared with every class at every in-plane rotation and integer shift (normalised
 cross-correlation inside a disc; one matrix product), assigned to the best, classes re-averaged from
 their aligned members. Classes whose average shows a particle (density at the centre well
-above the spread of the background) are kept, and with them their particles.
+above the spread of the background), or most of whose members correlate well with it, are
+kept; within them, particles whose correlation with their class average falls in the low
+population (junk, when the correlations split in two) are dropped.
 """
 
 from __future__ import annotations
@@ -191,11 +193,44 @@ def particle_scores(averages: np.ndarray, *, particle_radius_px: float) -> np.nd
     return np.array(out)
 
 
-def select_classes(scores: np.ndarray, *, threshold: float = 3.0) -> np.ndarray:
-    """Indices of the classes whose particle score reaches ``threshold``."""
-    return np.flatnonzero(np.asarray(scores) >= threshold)
+def correlation_cut(scores: np.ndarray, *, separation: float = 3.0) -> float:
+    """A cut between two populations of per-particle correlations with their class average
+    (particles vs junk), or -inf when there is only one: the midpoint of a 1D two-means split,
+    used when the centres lie ``separation`` pooled standard deviations apart or more."""
+    values = np.sort(np.asarray(scores, dtype=float))
+    if len(values) < 4:
+        return -np.inf
+    # the best 1D two-means split is at one of the sorted positions
+    costs = [np.var(values[:i]) * i + np.var(values[i:]) * (len(values) - i)
+             for i in range(2, len(values) - 1)]
+    split = 2 + int(np.argmin(costs))
+    low, high = values[:split], values[split:]
+    pooled = np.sqrt((np.var(low) * len(low) + np.var(high) * len(high)) / len(values))
+    if high.mean() - low.mean() < separation * max(pooled, 1e-12):
+        return -np.inf
+    return float(0.5 * (low.mean() + high.mean()))
 
 
-def kept_particles(labels: np.ndarray, selected: np.ndarray) -> np.ndarray:
-    """(N,) bool: the particles in the selected classes."""
-    return np.isin(np.asarray(labels), np.asarray(selected))
+def select_classes(class_scores: np.ndarray, *, threshold: float = 3.0,
+                   labels: np.ndarray | None = None, scores: np.ndarray | None = None,
+                   cut: float = -np.inf) -> np.ndarray:
+    """Indices of the classes that look like particles: particle score ≥ ``threshold``, or
+    (given the images' ``labels``, correlations ``scores`` and a ``cut``) most of their
+    members correlate with their average above the cut."""
+    chosen = set(np.flatnonzero(np.asarray(class_scores) >= threshold).tolist())
+    if labels is not None and scores is not None and np.isfinite(cut):
+        for k in range(len(class_scores)):
+            members = np.asarray(scores)[np.asarray(labels) == k]
+            if len(members) and np.median(members) >= cut:
+                chosen.add(k)
+    return np.array(sorted(chosen), dtype=int)
+
+
+def kept_particles(labels: np.ndarray, selected: np.ndarray, *,
+                   scores: np.ndarray | None = None, cut: float = -np.inf) -> np.ndarray:
+    """(N,) bool: the particles in the selected classes (whose correlation with their class
+    average reaches ``cut``, when given)."""
+    kept = np.isin(np.asarray(labels), np.asarray(selected))
+    if scores is not None:
+        kept &= np.asarray(scores) >= cut
+    return kept
