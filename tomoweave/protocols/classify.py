@@ -92,17 +92,7 @@ class _ClassesProtocol(Protocol):
                                       "and posterior (score)")}
 
     def plan(self, params: ClassifyParams, inputs: dict[str, Any]) -> list[Task]:
-        subtomograms = list(inputs.get("subtomograms") or [])
-        if len(subtomograms) < 2 * params.classes:
-            raise InputError(f"{self.name}: {len(subtomograms)} subtomograms for "
-                             f"{params.classes} classes: needs at least two per class")
-        first = subtomograms[0]
-        for item in subtomograms:
-            if item.box_size_px != first.box_size_px or not np.isclose(
-                    item.pixel_size_a, first.pixel_size_a, rtol=1e-4):
-                raise InputError(f"subtomogram {item.name}: box {item.box_size_px} px at "
-                                 f"{item.pixel_size_a:g} Å differs from {first.name}'s "
-                                 f"{first.box_size_px} px at {first.pixel_size_a:g} Å")
+        subtomograms = outputs.checked_subtomograms(self.name, inputs, 2 * params.classes)
         references = list(inputs.get("reference") or [])
         if references and len(references) != params.classes:
             raise InputError(f"input 'reference' holds {len(references)} volumes for "

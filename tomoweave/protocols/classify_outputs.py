@@ -6,17 +6,33 @@ cluster, eigenvolume slices, the 2D class gallery with the kept classes framed."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tomoweave.algorithms.classification.classes3d import ClassifyResult
-from tomoweave.engine import ProcessContext
+from tomoweave.engine import InputError, ProcessContext
 from tomoweave.model import Average, FscShell, Particle, Subtomogram
 from tomoweave.protocols import average_outputs
 
 OCCUPANCY_PNG, CLASSES_PNG = "occupancy.png", "class_slices.png"
 SCATTER_PNG, EIGENVOLUMES_PNG, GALLERY_PNG = ("components.png", "eigenvolumes.png",
                                               "classes_2d.png")
+
+
+def checked_subtomograms(name: str, inputs: dict[str, Any], least: int) -> list[Subtomogram]:
+    """The input 'subtomograms' (at least ``least``, one box and pixel size) or InputError."""
+    subtomograms = list(inputs.get("subtomograms") or [])
+    if len(subtomograms) < least:
+        raise InputError(f"{name}: needs at least {least} subtomograms, got {len(subtomograms)}")
+    first = subtomograms[0]
+    for item in subtomograms:
+        if item.box_size_px != first.box_size_px or not np.isclose(
+                item.pixel_size_a, first.pixel_size_a, rtol=1e-4):
+            raise InputError(f"subtomogram {item.name}: box {item.box_size_px} px at "
+                             f"{item.pixel_size_a:g} Å differs from {first.name}'s "
+                             f"{first.box_size_px} px at {first.pixel_size_a:g} Å")
+    return subtomograms
 
 
 def class_averages(context: ProcessContext, result: ClassifyResult, pixel_size_a: float, *,

@@ -42,20 +42,6 @@ SPA_CITATIONS = [
 CLUSTERINGS = ("kmeans", "gmm")
 
 
-def _checked_subtomograms(name: str, inputs: dict[str, Any], least: int) -> list[Subtomogram]:
-    subtomograms = list(inputs.get("subtomograms") or [])
-    if len(subtomograms) < least:
-        raise InputError(f"{name}: needs at least {least} subtomograms, got {len(subtomograms)}")
-    first = subtomograms[0]
-    for item in subtomograms:
-        if item.box_size_px != first.box_size_px or not np.isclose(
-                item.pixel_size_a, first.pixel_size_a, rtol=1e-4):
-            raise InputError(f"subtomogram {item.name}: box {item.box_size_px} px at "
-                             f"{item.pixel_size_a:g} Å differs from {first.name}'s "
-                             f"{first.box_size_px} px at {first.pixel_size_a:g} Å")
-    return subtomograms
-
-
 class PcaParams(BaseModel):
     particle_diameter_a: float = param(..., gt=0, unit="Å", help="particle diameter (FSC "
                                        "mask of the cluster averages)")
@@ -93,7 +79,7 @@ class AveragePca(Protocol):
                "eigenvolumes": Output(Volume, help="eigenvolumes at the analysed box")}
 
     def plan(self, params: PcaParams, inputs: dict[str, Any]) -> list[Task]:
-        subtomograms = _checked_subtomograms(self.name, inputs,
+        subtomograms = outputs.checked_subtomograms(self.name, inputs,
                                              max(params.components + 1, 2 * params.clusters))
         return [Task(key="pca", payload=[s.model_dump(mode="json") for s in subtomograms])]
 
@@ -198,7 +184,7 @@ class AverageSpaLeap(Protocol):
                "rejected": Output(Subtomogram, help="the particles of the other classes")}
 
     def plan(self, params: SpaLeapParams, inputs: dict[str, Any]) -> list[Task]:
-        subtomograms = _checked_subtomograms(self.name, inputs, 2 * params.classes)
+        subtomograms = outputs.checked_subtomograms(self.name, inputs, 2 * params.classes)
         wrong = [k for k in params.keep_classes if not 0 <= k < params.classes]
         if wrong:
             raise InputError(f"keep_classes {wrong}: expected classes 0 … {params.classes - 1}")
