@@ -152,3 +152,39 @@ def launcher_command(*arguments: str) -> list[str]:
     code = (f"import sys; sys.path.insert(0, {here!r}); import engine_protocols; "
             "from tomoweave.cli import app; app()")
     return [sys.executable, "-c", code, *arguments]
+
+
+class KillableParams(BaseModel):
+    count: int = param(4, ge=1, help="number of tasks")
+    victim: int = param(-1, help="the task that waits, on its first attempt, to be killed")
+    rows: int = param(3, ge=1, help="particles per task")
+
+
+class Killable(Protocol):
+    """Tasks that record each completed execution in ``work/completed.log``; the ``victim``
+    task writes its worker's pid to its work folder and waits to be killed (first attempt)."""
+
+    name = "test.killable"
+    Params = KillableParams
+    outputs = {"particles": Output(Particle)}
+
+    def plan(self, params: KillableParams, inputs: dict[str, Any]) -> list[Task]:
+        return [Task(key=f"task{i}", payload=i) for i in range(params.count)]
+
+    def process(self, item: int, params: KillableParams, context: ProcessContext):
+        marker = context.work_dir / "attempted"
+        if item == params.victim and not marker.exists():
+            marker.write_text("1")
+            (context.work_dir / "pid.tmp").write_text(str(os.getpid()))
+            (context.work_dir / "pid.tmp").replace(context.work_dir / "pid")
+            time.sleep(LIVE_WAIT_SECONDS * 4)
+            raise ItemError("the victim was not killed")
+        with open(context.run_dir / "work" / "completed.log", "a") as log:
+            log.write(f"{context.task_key}\n")
+        rng = np.random.default_rng(item)
+        return {"particles": [Particle(name=f"{context.task_key}/{j}", tomogram=context.task_key,
+                                       position_a=tuple(rng.normal(0, 100, 3)), score=float(j))
+                              for j in range(params.rows)]}
+
+
+register_protocol(Killable)

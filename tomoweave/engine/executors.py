@@ -57,22 +57,41 @@ class InlineExecutor(Executor):
 
 
 class LocalExecutor(Executor):
+    """One single-process pool per worker slot: a worker that dies (``kill -9``, out of
+    memory) breaks only its own slot, whose task the scheduler retries; the slot is restarted
+    at the next submit and the other workers' tasks go on."""
+
     kind = "local"
 
     def __init__(self, n_workers: int | None = None):
         self.n_workers = n_workers or os.cpu_count() or 1
         # forkserver: workers start from a clean process, safe beside threads of the scheduler
-        context = multiprocessing.get_context("forkserver")
-        self.pool = futures.ProcessPoolExecutor(max_workers=self.n_workers, mp_context=context)
+        self.context = multiprocessing.get_context("forkserver")
+        self.slots = [self._new_pool() for _ in range(self.n_workers)]
+        self.running: list[set[futures.Future]] = [set() for _ in range(self.n_workers)]
+
+    def _new_pool(self) -> futures.ProcessPoolExecutor:
+        return futures.ProcessPoolExecutor(max_workers=1, mp_context=self.context)
 
     def submit(self, function: Callable, *args: Any) -> futures.Future:
         # The forkserver keeps the environment of the moment it started (often an earlier run in
         # the same Python session); each task gets the submitter's environment of now, so a
         # program found through e.g. TOMOWEAVE_RELION is found by the worker too.
-        return self.pool.submit(run_in_environment, dict(os.environ), function, *args)
+        for running in self.running:
+            running.difference_update([f for f in running if f.done()])
+        slot = min(range(self.n_workers), key=lambda i: len(self.running[i]))
+        try:
+            future = self.slots[slot].submit(run_in_environment, dict(os.environ), function, *args)
+        except futures.process.BrokenProcessPool:  # its worker died: a fresh one takes over
+            self.slots[slot].shutdown(wait=False, cancel_futures=True)
+            self.slots[slot] = self._new_pool()
+            future = self.slots[slot].submit(run_in_environment, dict(os.environ), function, *args)
+        self.running[slot].add(future)
+        return future
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        for pool in self.slots:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_in_environment(environment: dict[str, str], function: Callable, *args: Any) -> Any:

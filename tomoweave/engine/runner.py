@@ -39,6 +39,7 @@ from tomoweave.store.project_dir import ProjectLayout
 
 STREAM_POLL_SECONDS = 2.0  # how often an open input is looked at for new items
 LIVE_POLL_SECONDS = 0.25  # how often running tasks' log lines and progress are passed on
+MAX_WORKER_LOSSES = 2  # a task whose worker dies is run again this many times, then failed
 
 
 class RunScheduler:
@@ -56,6 +57,7 @@ class RunScheduler:
         self.progress = progress
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
         self.pending: dict[Any, tuple[Task, str, ProcessContext]] = {}
+        self.lost: dict[str, int] = {}  # task key -> times its worker died
         self.relay = EventRelay(run_id, self.log, catalog, progress)
 
     def execute(self) -> str:
@@ -166,16 +168,34 @@ class RunScheduler:
         if mapped and task.key in origin and not task.sources:
             task.sources = [(origin[task.key], task.key)]
         self.catalog.mark_task_started(self.run.id, task.key, digest)
+        self.lost[task.key] = 0
         context = ProcessContext(self.layout.root, self.run.folder, task.key, broadcast,
                                  self.executor.threads_per_task(), digest=digest,
                                  executor_kind=self.executor.kind)
         self.relay.watch(task.key, context.events_path)
         if self.executor.kind == "inline":  # same process: its reports are passed on at once
             context.listener = lambda: self.relay.drain(task.key)
+        self._dispatch(task, digest, context)
+
+    def _dispatch(self, task: Task, digest: str, context: ProcessContext) -> None:
+        payload_type, payload = encode_payload(task.payload)
         handle = self.executor.submit(execute_task, self.run.protocol, self.run.params,
                                       payload_type, payload, context,
                                       self.protocol_class.__module__)
         self.pending[handle] = (task, digest, context)
+
+    def _retry_lost(self, task: Task, digest: str, context: ProcessContext, error: str) -> bool:
+        """A task whose worker died (killed, out of memory) runs again on another worker, up
+        to MAX_WORKER_LOSSES times; it continues from its checkpoint if it saved one. Its
+        outputs are committed only when an attempt returns, so nothing is stored twice."""
+        self.lost[task.key] = self.lost.get(task.key, 0) + 1
+        if self.lost[task.key] > MAX_WORKER_LOSSES:
+            return False
+        self.log.write(f"{task.key}: its worker was lost ({error}); running it again "
+                       f"({self.lost[task.key]} of {MAX_WORKER_LOSSES} retries)")
+        self.catalog.mark_task_started(self.run.id, task.key, digest)
+        self._dispatch(task, digest, context)
+        return True
 
     def _collect(self, handle: Any) -> None:
         task, digest, context = self.pending.pop(handle)
@@ -184,7 +204,10 @@ class RunScheduler:
             outcome = handle.result()
         except BaseException as error:  # the worker process itself died
             worker_lost = True
-            outcome = {"error": f"worker failed: {type(error).__name__}: {error}", "outputs": {},
+            lost = f"{type(error).__name__}: {error}"
+            if self._retry_lost(task, digest, context, lost):
+                return
+            outcome = {"error": f"worker failed: {lost}", "outputs": {},
                        "commands": [], "traceback": None, "seconds": 0.0}
         self.relay.finish(task.key)
         self._record_commands(task.key, outcome.get("commands") or [])

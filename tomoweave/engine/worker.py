@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 import traceback
@@ -53,6 +54,14 @@ def execute_task(protocol_name: str, params: dict, payload_type: str | None, pay
         outcome["outputs"] = _encode_outputs(protocol_class, result or {}, context)
     except (ItemError, TomoweaveError) as error:
         outcome["error"] = str(error)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            outcome["error"] = f"{type(error).__name__}: {error}"
+            outcome["traceback"] = traceback.format_exc()
+        else:  # outputs are written through temporary names: none is left half-written
+            outcome["error"] = (f"no space left on the disk of {context.run_dir} while "
+                                f"writing outputs (nothing half-written is kept); free space, "
+                                f"then resume the run")
     except Exception as error:
         outcome["error"] = f"{type(error).__name__}: {error}"
         outcome["traceback"] = traceback.format_exc()
