@@ -188,3 +188,13 @@ def test_refinement_cycle_workflow_template_is_valid():
         protocol.Params(**run.get("params", {}))
         assert set(run.get("inputs", {})) <= set(protocol.inputs), run["name"]
     assert [r["protocol"] for r in runs].count("refine.tilt_geometry") == 2
+
+
+def test_rigid_geometry_projects_without_deformation():
+    geometry = _geometry(3)
+    rigid = TiltGeometry(y_tilt_deg=geometry.y_tilt_deg, x_tilt_deg=geometry.x_tilt_deg,
+                         z_rot_deg=geometry.z_rot_deg, shift_x_a=geometry.shift_x_a,
+                         shift_y_a=geometry.shift_y_a, magnification=geometry.magnification)
+    points = np.array([[100.0, -40.0, 20.0]])
+    assert np.allclose(rigid.project(points), geometry.project(points))
+    assert rigid.offsets_a(points).shape == (1, 3, 2) and not rigid.offsets_a(points).any()

@@ -101,6 +101,8 @@ class TiltGeometry:
     def monomials(self, image_a: np.ndarray) -> np.ndarray:
         """(N, K) values of the deformation monomials at image points (N, 2) Å."""
         uv = np.asarray(image_a, dtype=float).reshape(-1, 2) / self.field_half_size_a
+        if self.order == 0:
+            return np.zeros((len(uv), 0))
         return np.stack([uv[:, 0] ** a * uv[:, 1] ** b
                          for a, b in deformation_exponents(self.order)], 1).reshape(len(uv), -1)
 

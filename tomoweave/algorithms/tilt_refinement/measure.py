@@ -115,7 +115,8 @@ def measure_displacements(comparison: Comparison, optics: TiltSeriesOptics, *,
 
     The summed correlation of all particles of a tilt gives its common displacement (within
     ``search_radius_px``); each particle's own maximum is then sought within
-    ``particle_radius_px`` of it. The information of a displacement is a·H (shifts module).
+    ``particle_radius_px`` of it. The information of a displacement is a·H (shifts module),
+    with the amplitude a clipped to 0 … 1.
     """
     setup = comparison.setup
     count, n_tilts, _ = comparison.patches.shape
@@ -136,7 +137,10 @@ def measure_displacements(comparison: Comparison, optics: TiltSeriesOptics, *,
     for t in range(n_tilts):
         peaks = shifts.window_peaks(windows[:, t], offsets, particle_radius_px,
                                     tilt_peaks.shift_px[t])
-        scale = np.clip(peaks.value / np.maximum(norms[:, t], 1e-30), 0.0, None)
+        # the amplitude a of the log-likelihood a·C − a²|M|²/2, at most 1: references are in
+        # the data's units (X = h S), and a free amplitude would give a model without signal
+        # (pure noise, FSC ~ 0: M ~ 0) an information that does not vanish
+        scale = np.clip(peaks.value / np.maximum(norms[:, t], 1e-30), 0.0, 1.0)
         displacements[:, t] = peaks.shift_px * pixel
         information[:, t] = peaks.curvature * scale[:, None, None] / pixel**2
     return Displacements(displacements, information, tilt_peaks.shift_px * pixel)

@@ -65,9 +65,11 @@ class References:
 
     def band_limit_a(self, threshold: float = 0.05) -> float:
         """Resolution (Å) where the half maps' FSC falls below ``threshold``: the comparison's
-        upper limit (the FSC weighting already fades the frequencies before it)."""
+        upper limit (the FSC weighting already fades the frequencies before it). Never below
+        shell 4: maps without signal (FSC ~ 0) still give a band, whose FSC weights are ~0."""
         box = next(iter(self.half_maps.values())).shape[0]
-        return resolution_at_threshold(self.fsc.corrected, box, self.pixel_size_a, threshold)
+        return min(resolution_at_threshold(self.fsc.corrected, box, self.pixel_size_a,
+                                           threshold), box * self.pixel_size_a / 4.0)
 
     def for_particles(self, series_index: int, half_sets: np.ndarray
                       ) -> tuple[dict, np.ndarray]:
