@@ -151,5 +151,22 @@ def test_patch_alignment_on_a_bead_free_series(bead_free):
     assert offset_error_deg < 0.3, f"tilt offset off by {offset_error_deg:.3f}°"
     # the axis stays nominal (tilt_axis_mode "fixed"): what the series was told
     assert all(t.alignment.z_rot_deg == truth.nominal_tilt_axis_deg for t in series.tilts)
+    # the reported residual is that of the output, and the refinement says how it was judged
+    log = (project.root / run.folder / "logs" / "run.log").read_text()
+    assert "held-out score" in log and "residual of the patch tracks under the final" in log
+
+
+def test_patch_alignment_starts_from_a_coarse_xcorr_alignment(bead_free):
+    project, simulated, truth = bead_free
+    coarse = project.run("align.xcorr", inputs={"tilt_series": simulated.name},
+                         executor="inline")
+    log = (project.root / coarse.folder / "logs" / "run.log").read_text()
+    assert "coarse alignment" in log and "align.patch" in log
+    run = project.run("align.patch", inputs={"tilt_series": coarse.name}, executor="inline")
+    assert run.state == "finished"
+    rms_px, _, _ = _errors_against_truth(project.items(run, "tilt_series")[0], truth)
+    assert rms_px < 1.0, f"patch shift RMS {rms_px:.3f} px from the xcorr start"
+    log = (project.root / run.folder / "logs" / "run.log").read_text()
+    assert "given start" in log
 
 

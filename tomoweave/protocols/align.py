@@ -150,9 +150,10 @@ def attach_solution(
     new.alignment_error_a = float(error * pixel_size) if np.isfinite(error) else None
     for line in result.log + result.warnings:
         context.log(line)
+    estimate = (f"estimated error {error:.3f} px (independent halves); "
+                if np.isfinite(error) else "")
     context.log(
-        f"estimated error {error:.3f} px (independent halves); "
-        f"mean residual {solution.mean_residual_px:.3f} px = "
+        estimate + f"mean residual {solution.mean_residual_px:.3f} px = "
         f"{solution.mean_residual_px * pixel_size / 10:.3f} nm; tilt axis (z_rot) "
         f"{np.mean(solution.z_rot_deg):.2f}°; tilt offset {solution.tilt_offset_deg:.2f}°; "
         f"{int(solution.kept_points.sum())} points kept, {solution.rejected_points} rejected, "
@@ -227,6 +228,9 @@ class AlignXcorr(Protocol):
         new.alignment_residual_a = None
         context.log(f"coarse shifts of {len(indices)} tilts, largest "
                     f"{np.abs(shifts).max() * item.pixel_size_a:.0f} Å")
+        context.log("this is a coarse alignment: shifts only, at the nominal tilt angles and "
+                    "axis, chained between neighbours (errors of several px at high tilt are "
+                    "usual in thick specimens); refine it with align.patch or align.fiducial")
         plot_alignment(new, context, "xcorr")
         return {"tilt_series": new}
 
@@ -291,12 +295,17 @@ class AlignPatch(Protocol):
         else:
             patch_px = int(round(params.patch_size_a / (item.pixel_size_a * factor)))
         patch_px = max(16, patch_px + patch_px % 2)
+        start = None
+        if item.is_aligned:  # e.g. align.xcorr: one more start, judged like the others
+            start = np.array([[a.shift_x_a, a.shift_y_a] if (a := item.tilts[i].alignment)
+                              else [0.0, 0.0] for i in indices]) / item.pixel_size_a
         try:
             result = align_with_patches(
                 stack, tilts, z_rot, patch_size_px=patch_px, max_size_px=params.max_size_px,
                 min_strength=params.min_strength, tilt_offset_method=params.tilt_offset_method,
                 z_rot_mode=params.tilt_axis_mode, solve_magnification=params.solve_magnification,
                 outlier_k=params.outlier_k, refine_rounds=params.refine_rounds,
+                start_shifts_px=start,
                 refine_thickness_px=REFINE_SLAB_FRACTION * params.specimen_thickness_a
                 / item.pixel_size_a)
         except ValueError as error:  # includes too few trackable patches

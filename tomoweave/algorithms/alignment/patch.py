@@ -22,7 +22,7 @@ from tomoweave.algorithms.alignment.fiducial import (
     coarse_shifts_full_px,
     solve_covered,
 )
-from tomoweave.algorithms.alignment.projmatch import refine_shifts
+from tomoweave.algorithms.alignment.projmatch import HeldOutMatcher, guarded_rounds
 from tomoweave.algorithms.alignment.solver import linear_points_and_shifts, nominal_matrices
 from tomoweave.algorithms.alignment.xcorr import (
     bandpass,
@@ -214,6 +214,8 @@ def align_with_patches(
     refine_thickness_px: float | None = None,
     refine_rounds: int = 3,
     refine_size_px: int = 128,
+    *,
+    start_shifts_px: np.ndarray | None = None,
     **solver_options,
 ) -> TrackedSolution:
     """Marker-free alignment: coarse xcorr, patch tracking, model solve, projection matching.
@@ -221,13 +223,17 @@ def align_with_patches(
     ``patch_size_px`` is in pixels of the binned copy (largest side ≤ ``max_size_px``); the
     result is in pixels of ``stack``. ``solver_options`` go to :func:`solve_alignment`.
 
-    The patch model gives the tilt axis and tilt angles; the shifts are then refined by
-    projection matching (:func:`projmatch.refine_shifts`), starting from the coarse
-    cross-correlation shifts (in tests a better start than the patch model's shifts, whose
-    chained tracks drift), on a copy binned to at most
-    ``refine_size_px``, with slabs of 0.85× and then 1.15× ``refine_thickness_px`` (a slab
-    somewhat thinner than the specimen holds the smooth error modes of the shifts best),
-    ``refine_rounds`` rounds each. No refinement when ``refine_thickness_px`` is None.
+    1. Coarse shifts by cross-correlation at the nominal axis.
+    2. Patches tracked and solved with the same model as beads (tilt angles and offset,
+       shifts, and the axis as ``z_rot_mode`` says).
+    3. The shifts refined by projection matching on a copy binned to at most
+       ``refine_size_px``, from the best-scoring start (coarse, patch model, or
+       ``start_shifts_px``, e.g. from align.xcorr) by the held-out score
+       (:meth:`projmatch.HeldOutMatcher.evaluate`: each tilt against the re-projection of the
+       others), up to ``refine_rounds + 1`` rounds with a slab of ``refine_thickness_px``,
+       each kept only when the held-out score improves. None: no refinement.
+
+    The reported residual is that of the patch tracks under the final alignment.
     """
     tilts = np.asarray(tilts_deg, dtype=float)
     stack = np.asarray(stack, dtype=np.float32)
@@ -241,9 +247,9 @@ def align_with_patches(
             f"patch_size_px {patch_size_px} is too large for images of {stack.shape[2]}×"
             f"{stack.shape[1]} px binned {factor}×"
         )
+    log: list[str] = []
     coarse = coarse_shifts_full_px(stack, tilts, z_rot_deg, max_size_px)
     binned = np.stack([bin_image(image, factor) for image in stack])
-    log: list[str] = []
     tracks = track_patches(binned, tilts, z_rot_deg, coarse / factor, patch_size_px,
                            min_strength=min_strength)
     size_xy = (stack.shape[2], stack.shape[1])
@@ -263,21 +269,61 @@ def align_with_patches(
     means = stack.mean(axis=(1, 2))[solved]
     solution = choose_tilt_offset(solution, means, tilt_offset_method, log)
     if refine_thickness_px is not None and refine_rounds > 0:
-        solution = _refine(stack[solved], solution, coarse[solved], refine_thickness_px,
+        starts = {"coarse": coarse[solved], "patch model": solution.shifts_px}
+        if start_shifts_px is not None:
+            starts["given start"] = np.asarray(start_shifts_px, dtype=float)[solved]
+        solution = _refine(stack[solved], solution, starts, refine_thickness_px,
                            refine_rounds, refine_size_px, log)
+    solution = residuals_under(full[:, solved], solution)
+    log.append(f"residual of the patch tracks under the final alignment "
+               f"{solution.mean_residual_px:.3f} px")
     return TrackedSolution(solution, solved, full, coarse, log)
 
 
-def _refine(stack, solution, start_shifts_px, thickness_px, rounds, size_px, log):
-    """Projection-matching refinement of the shifts, with the patch model's tilt angles and
-    axis, starting from the coarse shifts (see align_with_patches)."""
+def residuals_under(observations_px: np.ndarray, solution):
+    """``solution`` with residuals of ``observations_px`` under its own matrices (each
+    track's 3D point refitted by least squares with the matrices fixed)."""
+    matrices = solution.matrices()  # (T, 2, 4)
+    residuals = np.full(observations_px.shape, np.nan)
+    kept = solution.kept_observations & np.isfinite(observations_px[..., 0])
+    points = np.full((len(observations_px), 3), np.nan)
+    for p in range(len(observations_px)):
+        seen = np.nonzero(kept[p])[0]
+        if len(seen) < 2:
+            continue
+        design = matrices[seen, :, :3].reshape(-1, 3)
+        target = (observations_px[p, seen] - matrices[seen, :, 3]).reshape(-1)
+        points[p] = np.linalg.lstsq(design, target, rcond=None)[0]
+        residuals[p, seen] = observations_px[p, seen] - (
+            np.einsum("tij,j->ti", matrices[seen, :, :3], points[p]) + matrices[seen, :, 3])
+    norms = np.linalg.norm(residuals, axis=2)
+    with np.errstate(invalid="ignore"):
+        per_tilt = np.nanmean(norms, axis=0)
+    finite = np.isfinite(norms)
+    return replace(solution, residuals_px=residuals, tilt_residual_px=per_tilt,
+                   mean_residual_px=float(norms[finite].mean()) if finite.any() else np.nan,
+                   points_px=np.where(np.isfinite(points), points, solution.points_px))
+
+
+def _refine(stack, solution, starts, thickness_px, rounds, size_px, log):
+    """Projection-matching refinement of the shifts from the best-scoring start, every round
+    kept only when the held-out score improves (see align_with_patches)."""
     factor = max(1, int(np.ceil(max(stack.shape[1:]) / size_px)))
     binned = np.stack([fourier_bin_image(image, factor) for image in stack])
-    shifts = start_shifts_px / factor
-    for scale in (0.85, 1.15):
-        shifts, updates = refine_shifts(
-            binned, solution.y_tilt_deg, solution.z_rot_deg, shifts,
-            scale * thickness_px / factor, rounds=rounds)
-        log.append(f"projection matching, slab {scale * thickness_px:.0f} px: RMS corrections "
-                   + ", ".join(f"{u * factor:.2f}" for u in updates) + " px")
+    z_rot = np.asarray(solution.z_rot_deg, dtype=float)
+    judge = HeldOutMatcher(binned, solution.y_tilt_deg, thickness_px / factor)
+    scores = {name: judge.evaluate(z_rot, shifts / factor)[0] for name, shifts in starts.items()}
+    best = max(scores, key=scores.get)
+    log.append("held-out score of the starts: " + ", ".join(
+        f"{name} {score:.4f}" for name, score in scores.items()) + f"; refining from {best}")
+    shifts, score = _matching(judge, z_rot, starts[best] / factor, rounds, factor,
+                              thickness_px, log)
     return replace(solution, shifts_px=shifts * factor)
+
+
+def _matching(judge, z_rot, shifts, rounds, factor, thickness_px, log):
+    shifts, score, updates = guarded_rounds(judge, z_rot, shifts, rounds + 1)
+    log.append(f"projection matching, slab {thickness_px:.0f} px: {len(updates)} rounds "
+               f"accepted (RMS corrections " + ", ".join(f"{u * factor:.2f}" for u in updates)
+               + f" px), held-out score {score:.4f}")
+    return shifts, score
