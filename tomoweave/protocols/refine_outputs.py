@@ -54,7 +54,7 @@ def deformation_png(geometry, tilt_deg: np.ndarray, path: Path, title: str,
     figure, axes = plt.subplots(1, len(chosen), figsize=(3.0 * len(chosen), 3.2), squeeze=False)
     for ax, t in zip(axes[0], chosen, strict=True):
         largest = max(float(np.max(np.linalg.norm(fields[t], axis=1))), 1e-6)
-        magnify = 0.1 * half / largest
+        magnify = 0.25 * half / largest
         ax.quiver(points[:, 0], points[:, 1], fields[t][:, 0] * magnify,
                   fields[t][:, 1] * magnify, angles="xy", scale_units="xy", scale=1)
         ax.set_aspect("equal")
