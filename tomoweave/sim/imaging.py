@@ -11,7 +11,8 @@ Model per tilt (weak-phase object, exponentiated so intensities stay positive fo
 dark. ``z_s`` is the height of slab s along the beam (third row of the projection matrix, Å,
 +z towards the source) and defocus grows with it: defocus(point) = defocus_tilt + z. This gives
 the defocus gradient across a tilted image. ``D`` is Grant & Grigorieff's (2015) exposure
-damping at the dose received half-way through the tilt's exposure.
+damping at the dose received half-way through the tilt's exposure, with the critical exposure
+(and its voltage scaling) of the dose filter, ``algorithms.preprocess.critical_exposure_e_a2``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tomoweave.algorithms.ctf_model import (
     electron_wavelength_a,
     frequency_grid_2d,
 )
+from tomoweave.algorithms.preprocess import critical_exposure_e_a2
 
 ELECTRON_REST_ENERGY_KEV = 510.99895
 
@@ -34,12 +36,6 @@ def interaction_constant_rad_per_v_a(voltage_kv: float) -> float:
     energy = voltage_kv
     return float(2 * np.pi / (wavelength_a * voltage_kv * 1e3)
                  * (ELECTRON_REST_ENERGY_KEV + energy) / (2 * ELECTRON_REST_ENERGY_KEV + energy))
-
-
-def critical_exposure_e_a2(frequency_inv_a: np.ndarray) -> np.ndarray:
-    """Grant & Grigorieff (2015) critical exposure at spatial frequency k (1/Å), e/Å²."""
-    k = np.maximum(frequency_inv_a, 1e-6)
-    return 0.245 * k ** -1.665 + 2.81
 
 
 def auto_slab_a(pixel_size_a: float, voltage_kv: float, phase_tolerance_rad: float = 0.01,
@@ -81,7 +77,8 @@ def contrast_image(slabs_v_a: np.ndarray, heights_a: np.ndarray, pixel_size_a: f
         spectrum_total += spectrum
     if exposure_e_a2 is not None and exposure_e_a2 > 0:
         frequency = np.sqrt(fx * fx + fy * fy)
-        spectrum_total *= np.exp(-exposure_e_a2 / (2 * critical_exposure_e_a2(frequency)))
+        critical = critical_exposure_e_a2(frequency, ctf["voltage_kv"])  # the dose filter's own
+        spectrum_total *= np.exp(-exposure_e_a2 / (2 * critical))
     if not ctf_on:  # without a CTF, show density dark as a microscope in underfocus would
         spectrum_total *= -1
     return fft.irfft2(spectrum_total, shape, workers=-1).astype(np.float32)
