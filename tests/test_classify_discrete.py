@@ -123,3 +123,31 @@ def test_mra_finds_the_20_percent_class_with_local_alignment():
     before = orientation_errors_deg(start, particles.rotations)
     after = orientation_errors_deg(result.state.rotations, particles.rotations)
     assert np.median(after) < np.median(before)
+
+
+def test_resume_from_a_checkpoint_continues_the_same_iterations():
+    """Two iterations, the state through JSON (as context.save_checkpoint stores it), two more:
+    the same labels, references and history as four iterations in one go."""
+    import json
+
+    particles = mixtures.two_species(60, fraction_first=0.5, seed=7)
+    source = _source(particles)
+    halves = 1 + np.arange(source.count) % 2
+    settings = classes3d.ClassifySettings(classes=2, particle_diameter_a=DIAMETER_A,
+                                          max_iterations=4, min_changed_fraction=0.0)
+    start = classes3d.initial_state(source, particles.rotations, np.zeros((source.count, 3)),
+                                    halves, settings)
+    values, arrays = start.to_checkpoint()
+    straight = classes3d.classify(source, classes3d.ClassifyState.from_checkpoint(
+        json.loads(json.dumps(values)), {k: v.copy() for k, v in arrays.items()}), settings)
+    from dataclasses import replace
+
+    first = classes3d.classify(source, start, replace(settings, max_iterations=2))
+    values, arrays = first.state.to_checkpoint()
+    resumed = classes3d.ClassifyState.from_checkpoint(json.loads(json.dumps(values)), arrays)
+    assert resumed.iteration == 2
+    second = classes3d.classify(source, resumed, settings)
+    assert [h["iteration"] for h in second.state.history] == [1, 2, 3, 4]
+    assert np.array_equal(second.labels, straight.labels)
+    assert np.allclose(second.state.references, straight.state.references, atol=1e-5 * float(
+        np.abs(straight.state.references).max()))

@@ -272,7 +272,8 @@ def classify_iteration(source: sources.ImageSource, state: ClassifyState,
     state.iteration += 1
     state.converged = state.iteration >= 2 and changed < settings.min_changed_fraction
     return {"iteration": state.iteration, "occupancy": occupancy.tolist(),
-            "changed_fraction": changed, "resolution_a": resolutions,
+            "changed_fraction": changed,
+            "resolution_a": [r if np.isfinite(r) else None for r in resolutions],
             "mean_log_likelihood": float(np.mean(np.max(state.log_likelihood, axis=1))),
             "working_box_px": int(plan["work_box"])}
 
