@@ -110,11 +110,26 @@ def load_stack(item: TiltSeries, context: ProcessContext) -> tuple[np.ndarray, l
             if tilt.image_index >= data.shape[0]:
                 raise ItemError(f"{path}: has {data.shape[0]} slices, tilt {tilt.tilt_deg}° "
                                 f"needs slice {tilt.image_index}")
-            images.append(np.asarray(data[tilt.image_index], dtype=np.float32))
+            image = np.array(data[tilt.image_index], dtype=np.float32)
+        _check_image(image, path, tilt.image_index, tilt.tilt_deg)
+        images.append(image)
     shapes = {image.shape for image in images}
     if len(shapes) != 1:
         raise ItemError(f"{item.name}: tilt images differ in size {sorted(shapes)}")
     return np.stack(images), indices
+
+
+def _check_image(image: np.ndarray, path, index: int, tilt_deg: float) -> None:
+    """One clear line for an image alignment cannot use: non-finite or constant values."""
+    finite = np.isfinite(image)
+    if not finite.all():
+        raise ItemError(f"{path}: slice {index} (tilt {tilt_deg:g}°) has "
+                        f"{int((~finite).sum())} NaN or infinite pixels; fix or exclude the tilt "
+                        f"(tiltseries.exclude_views)")
+    if float(image.max()) == float(image.min()):
+        raise ItemError(f"{path}: slice {index} (tilt {tilt_deg:g}°) is constant "
+                        f"({float(image.min()):g} everywhere); exclude the tilt "
+                        f"(tiltseries.exclude_views)")
 
 
 def nominal_geometry(item: TiltSeries, indices: list[int]) -> tuple[np.ndarray, float]:
