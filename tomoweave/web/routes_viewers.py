@@ -3,8 +3,11 @@ tomogram. Every path parameter is confined to the project folder (see security.c
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -17,6 +20,8 @@ from tomoweave.web.routes_project import access_of
 router = APIRouter(prefix="/api")
 MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".rec", ".map")
 PNG_HEADERS = {"Cache-Control": "no-store"}
+INLINE_PARTICLES = 5000  # larger sets: binary columns
+PARTICLE_COLUMNS = 7
 
 
 def _mrc_path(request: Request, path: str):
@@ -109,6 +114,29 @@ async def tilt_image(request: Request, path: str, index: int = 0, binning: int =
                     headers={**PNG_HEADERS, "X-Binning": str(factor)})
 
 
+_tables: OrderedDict[tuple, Any] = OrderedDict()  # (set, tomogram, version) -> ParticleTable
+_tables_lock = threading.Lock()
+TABLE_CACHE = 8
+
+
+def _tomogram_table(catalog, set_id: int, tomogram: str):
+    """``tomogram_particles``, kept for the next request while the set's rows are unchanged (the
+    listing and the columns of one page view read the same 10⁵ particles)."""
+    version = tuple(catalog.connection.execute(
+        "SELECT COUNT(*), MAX(id), MAX(created) FROM items WHERE set_id = ?", (set_id,)).fetchone())
+    key = (str(catalog.path), set_id, tomogram, version)
+    with _tables_lock:
+        if key in _tables:
+            _tables.move_to_end(key)
+            return _tables[key]
+    table = tomogram_particles(catalog, set_id, tomogram)
+    with _tables_lock:
+        _tables[key] = table
+        while len(_tables) > TABLE_CACHE:
+            _tables.popitem(last=False)
+    return table
+
+
 @router.get("/particles")
 def particles_of_tomogram(request: Request, tomogram: str, source_run: int | None = None,
                           source_output: str | None = None) -> list[dict[str, Any]]:
@@ -125,18 +153,44 @@ def particles_of_tomogram(request: Request, tomogram: str, source_run: int | Non
         for output_set in project.catalog.sets_of_run(run.id):
             if output_set.item_type != "Particle":
                 continue
-            table = tomogram_particles(project.catalog, output_set.id, tomogram)
+            table = _tomogram_table(project.catalog, output_set.id, tomogram)
             read_sets = run.record.inputs.get("set_ids", {}).get("tomograms", [])
             editable = run.protocol == "pick.manual" and source_set in read_sets
             if not len(table) and not editable:
                 continue
-            particles = _particle_views(table)
+            # big sets come as binary columns (/api/particles/columns): JSON of 10⁵ particles
+            # with their rotations took seconds to build and to parse
+            inline = editable or len(table) <= INLINE_PARTICLES
             found.append({"run_id": run.id, "run": run.name, "protocol": run.protocol,
                           "output": output_set.output, "state": run.state,
                           "reference": f"{run.name}.{output_set.output}",
-                          "editable": editable,
-                          "particles": particles})
+                          "set_id": output_set.id, "count": len(table), "editable": editable,
+                          "particles": _particle_views(table) if inline else None})
     return found
+
+
+@router.get("/particles/columns")
+def particle_columns(request: Request, set_id: int, tomogram: str) -> Response:
+    """The particles of ``tomogram`` in set ``set_id`` as little-endian float32, 7 per particle:
+    position x, y, z (Å from the tomogram centre), the rotated Z axis (third column of the
+    rotation: the orientation glyph) and the score (NaN: none)."""
+    project = access_of(request).project()
+    try:
+        output_set = project.catalog.set_by_id(set_id)
+    except KeyError:
+        raise HTTPException(404, f"no set {set_id}") from None
+    if output_set.item_type != "Particle":
+        raise HTTPException(422, {"message": f"set {set_id} holds {output_set.item_type} items",
+                                  "errors": [{"field": "set_id", "message": "not particles"}]})
+    table = _tomogram_table(project.catalog, set_id, tomogram)
+    columns = np.empty((len(table), PARTICLE_COLUMNS), dtype="<f4")
+    if len(table):
+        columns[:, :3] = table.positions_a
+        columns[:, 3:6] = table.rotations[:, :, 2]
+        columns[:, 6] = table.scores
+    return Response(columns.tobytes(), media_type="application/octet-stream",
+                    headers={**PNG_HEADERS, "X-Count": str(len(table)),
+                             "X-Columns": "x_a,y_a,z_a,zaxis_x,zaxis_y,zaxis_z,score"})
 
 
 def _particle_views(table) -> list[dict[str, Any]]:
