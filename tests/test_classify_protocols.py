@@ -55,7 +55,7 @@ def test_classify_protocol_separates_the_species(mixture):
     truth = mixture["truth"].labels[_order(subtomograms)]
     assert adjusted_rand_index(labels, truth) >= 0.8
     classes = project.items(run, "classes")
-    assert [c.class_id for c in classes] == [0, 1]
+    assert [c.class_id for c in classes] == [1, 2]  # classes count from 1, as in RELION
     assert sum(c.occupancy for c in classes) == pytest.approx(1.0, abs=1e-6)
     assert sum(c.particle_count for c in classes) == len(subtomograms)
     for item in classes:
@@ -66,6 +66,16 @@ def test_classify_protocol_separates_the_species(mixture):
     for png in (outputs.OCCUPANCY_PNG, outputs.CLASSES_PNG):
         assert (folder / png).stat().st_size > 1000
     assert all(0.5 <= s.particle.score <= 1.0 for s in subtomograms)  # posterior of its class
+    # exported to RELION 3.1 with the classes (rlnClassNumber), read back the same
+    out = mixture["root"] / "export"
+    export = project.run("export.relion31", inputs={"subtomograms": "classified.subtomograms"},
+                         params={"out": str(out)}, executor="inline")
+    _finished(project, export)
+    from tomoweave.formats.relion_subtomograms import read_relion31_subtomograms
+
+    back, _ = read_relion31_subtomograms(out / "particles.star")
+    assert {s.name: s.particle.class_id for s in back} == {
+        s.name: s.particle.class_id for s in subtomograms}
 
 
 def test_mra_protocol_with_references_and_a_wrong_count(mixture):
@@ -86,7 +96,7 @@ def test_mra_protocol_with_references_and_a_wrong_count(mixture):
     labels = np.array([s.particle.class_id for s in subtomograms])
     # with the species maps as references, class k is the species of the set's k-th volume
     species = np.array(["ab".index(v.name[-1]) for v in project.items(references, "volume")])
-    assert np.mean(species[labels] == truth.labels[_order(subtomograms)]) >= 0.9
+    assert np.mean(species[labels - 1] == truth.labels[_order(subtomograms)]) >= 0.9
     with pytest.raises(InputError, match="one per class"):
         project.run("average.mra", inputs={"subtomograms": mixture["input"],
                                            "reference": "references.volume"},
@@ -130,7 +140,7 @@ def test_spa_leap_protocol_prunes_junk_and_honours_a_selection(tmp_path):
     assert kept_true.mean() >= 0.9 and kept_true.sum() >= 0.9 * true.sum()
     assert (project.root / run.folder / "outputs" / outputs.GALLERY_PNG).exists()
     chosen = project.run("average.spa_leap", inputs={"subtomograms": source},
-                         params={**params, "keep_classes": [0]}, executor="inline",
+                         params={**params, "keep_classes": [1]}, executor="inline",
                          name="leap_chosen")
     _finished(project, chosen)
-    assert {s.particle.class_id for s in project.items(chosen, "subtomograms")} <= {0}
+    assert {s.particle.class_id for s in project.items(chosen, "subtomograms")} <= {1}

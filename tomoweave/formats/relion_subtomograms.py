@@ -87,6 +87,8 @@ def read_relion31_subtomograms(path: str | Path, *,
     rotations = star_rotations(path, block, table)
     tomograms = _tomogram_names(table)
     names = _particle_names(table, files)
+    classes = (numeric_column(table, "rlnClassNumber", path, block).to_numpy().astype(int)
+               if "rlnClassNumber" in table.columns else None)
     subtomograms = []
     for row in range(len(table)):
         for field, file in (("rlnImageName", files[row]), ("rlnCtfImage", weights[row])):
@@ -98,7 +100,8 @@ def read_relion31_subtomograms(path: str | Path, *,
                         f"{size}³ but the subtomograms are {box}³")
         particle = Particle(name=names[row], tomogram=tomograms[row],
                             position_a=tuple(float(v) for v in positions[row]),
-                            rotation=rotations[row].tolist())
+                            rotation=rotations[row].tolist(),
+                            class_id=None if classes is None else int(classes[row]))
         subtomograms.append(Subtomogram(
             name=names[row], particle=particle, path=str(files[row]),
             weight_path=None if weights[row] is None else str(weights[row]),
@@ -264,6 +267,9 @@ def write_relion31_subtomograms(path: str | Path, subtomograms: Sequence[Subtomo
     halves = [getattr(s.particle, "half_set", None) for s in subtomograms]
     if all(h in (1, 2) for h in halves):
         table["rlnRandomSubset"] = halves
+    classes = [s.particle.class_id for s in subtomograms]
+    if any(c is not None for c in classes):  # RELION counts classes from 1
+        table["rlnClassNumber"] = [c if c is not None else 1 for c in classes]
     write_star_blocks(path, {"optics": optics, "particles": pd.DataFrame(table)})
     return path
 

@@ -208,8 +208,8 @@ class Average(_Item):
         None, description="per-iteration statistics of the refinement that made it "
         "(iteration, resolution_a, angular_step_deg, mean_angular_change_deg, "
         "mean_shift_change_a, seconds, ...)")
-    class_id: int | None = Field(None, ge=0, description="the class it averages (classification "
-                                 "outputs; Particle.class_id of its members)")
+    class_id: int | None = Field(None, ge=1, description="the class it averages, from 1 "
+                                 "(classification outputs; Particle.class_id of its members)")
     occupancy: float | None = Field(None, ge=0, le=1, description="fraction of the particles "
                                     "in the class (Σ of their posteriors / N)")
 

@@ -56,7 +56,7 @@ def class_averages(context: ProcessContext, result: ClassifyResult, pixel_size_a
                      "fsc_threshold": fsc.threshold, "resolution_a": float(fsc.resolution_a)}
         items.append(Average(name=name, pixel_size_a=pixel_size_a, size_xyz=(box,) * 3,
                              particle_count=int(np.sum(result.labels == k)), symmetry=symmetry,
-                             class_id=k, occupancy=float(result.occupancy[k] / max(count, 1)),
+                             class_id=k + 1, occupancy=float(result.occupancy[k] / max(count, 1)),
                              iterations=result.state.history or None, **paths, **extra))
     return items
 
@@ -66,11 +66,12 @@ def classified_subtomograms(subtomograms: list[Subtomogram], labels: np.ndarray,
                             shifts_a: np.ndarray | None = None,
                             scores: np.ndarray | None = None,
                             components: np.ndarray | None = None) -> list[Subtomogram]:
-    """The subtomograms with their particles' class (and, when given, pose, score, component
-    coordinates)."""
+    """The subtomograms with their particles' class (``class_id`` = label + 1: classes count
+    from 1 as in RELION, Dynamo and the converters) and, when given, pose, score, component
+    coordinates."""
     out = []
     for i, item in enumerate(subtomograms):
-        update: dict = {"class_id": int(labels[i])}
+        update: dict = {"class_id": int(labels[i]) + 1}
         if rotations is not None:
             update["rotation"] = np.asarray(rotations[i]).tolist()
         if shifts_a is not None:
@@ -151,7 +152,8 @@ def eigenvolumes_png(volumes: np.ndarray, explained: np.ndarray, path: Path) -> 
 
 def gallery_png(averages: np.ndarray, sizes: list[int], scores: np.ndarray,
                 kept: np.ndarray, path: Path) -> Path:
-    """The 2D class averages in a grid, with size and particle score; kept classes framed."""
+    """The 2D class averages in a grid (numbered from 1), with size and particle score; kept
+    classes (``kept``: 0-based indices) framed."""
     plt = _pyplot()
     count = len(averages)
     columns = min(count, 5)
@@ -169,7 +171,7 @@ def gallery_png(averages: np.ndarray, sizes: list[int], scores: np.ndarray,
         for spine in axis.spines.values():
             spine.set_color("#38a169" if keep else "#c53030")
             spine.set_linewidth(3 if keep else 1)
-        axis.set_title(f"{index}: {sizes[index]} p, {scores[index]:.1f}", fontsize=7)
+        axis.set_title(f"{index + 1}: {sizes[index]} p, {scores[index]:.1f}", fontsize=7)
     figure.suptitle("2D classes (green: kept)", fontsize=9)
     return _save(plt, figure, path)
 

@@ -153,8 +153,8 @@ class SpaLeapParams(BaseModel):
     iterations: int = param(10, ge=1, le=100, help="most iterations")
     threshold: float = param(3.0, help="particle score (centre above the background, in "
                              "background standard deviations) a class needs to be kept")
-    keep_classes: list[int] = param([], help="2D classes to keep (0-based, as in the "
-                                    "gallery); empty: those at or above the threshold")
+    keep_classes: list[int] = param([], help="2D classes to keep (numbered from 1, as in "
+                                    "the gallery); empty: those at or above the threshold")
     drop_low_correlation: bool = param(True, help="within the kept classes, drop the "
                                        "particles whose correlation with their class average "
                                        "falls in the low population (when the correlations "
@@ -185,9 +185,9 @@ class AverageSpaLeap(Protocol):
 
     def plan(self, params: SpaLeapParams, inputs: dict[str, Any]) -> list[Task]:
         subtomograms = outputs.checked_subtomograms(self.name, inputs, 2 * params.classes)
-        wrong = [k for k in params.keep_classes if not 0 <= k < params.classes]
+        wrong = [k for k in params.keep_classes if not 1 <= k <= params.classes]
         if wrong:
-            raise InputError(f"keep_classes {wrong}: expected classes 0 … {params.classes - 1}")
+            raise InputError(f"keep_classes {wrong}: expected classes 1 … {params.classes}")
         return [Task(key="spa_leap", payload=[s.model_dump(mode="json") for s in subtomograms])]
 
     def process(self, payload: list, params: SpaLeapParams,
@@ -215,7 +215,7 @@ class AverageSpaLeap(Protocol):
                                           particle_radius_px=min(radius, box / 2 - 4))
         cut = (spa_leap.correlation_cut(result.scores) if params.drop_low_correlation
                else -np.inf)
-        selected = (np.array(sorted(set(params.keep_classes))) if params.keep_classes
+        selected = (np.array(sorted(set(params.keep_classes))) - 1 if params.keep_classes
                     else spa_leap.select_classes(scores, threshold=params.threshold,
                                                  labels=result.labels, scores=result.scores,
                                                  cut=cut))
@@ -225,7 +225,7 @@ class AverageSpaLeap(Protocol):
                         f"{int(np.sum(result.scores < cut))} particles below")
         sizes = np.bincount(result.labels, minlength=params.classes).tolist()
         how = "chosen" if params.keep_classes else f"score ≥ {params.threshold:g}"
-        context.log(f"2D classes kept: {selected.tolist()} ({how}); {int(kept.sum())} of "
+        context.log(f"2D classes kept: {(selected + 1).tolist()} ({how}); {int(kept.sum())} of "
                     f"{len(kept)} particles kept")
         write_mrc(context.output_path("classes_2d.mrcs"), result.averages, pixel, stack=True)
         outputs.gallery_png(result.averages, sizes, scores, selected,
