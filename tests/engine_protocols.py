@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from tomoweave.engine import ItemError, Output, ProcessContext, Protocol, Task, param
+from tomoweave.engine import Input, InputError, ItemError, Output, ProcessContext, Protocol, Task, param
 from tomoweave.engine.registry import register_protocol
 from tomoweave.model import Particle
 
@@ -188,3 +188,56 @@ class Killable(Protocol):
 
 
 register_protocol(Killable)
+
+
+class TrickleParams(BaseModel):
+    folder: str = param(..., help="folder where batchN.txt files (one name a line) arrive")
+
+
+class Trickle(Protocol):
+    """A source that emits the particles named in each batch file of ``folder`` as it
+    arrives, and keeps watching until a file named ``stop`` appears."""
+
+    name = "test.trickle"
+    Params = TrickleParams
+    outputs = {"particles": Output(Particle)}
+
+    def plan(self, params: TrickleParams, inputs: dict[str, Any]) -> list[Task]:
+        return [Task(key=path.stem, payload=path.read_text().split())
+                for path in sorted(Path(params.folder).glob("batch*.txt"))]
+
+    def still_producing(self, params: TrickleParams, idle_seconds: float) -> bool:
+        return not (Path(params.folder) / "stop").exists()
+
+    def process(self, item: list[str], params: TrickleParams, context: ProcessContext):
+        return {"particles": [particle(name, 1.0) for name in item]}
+
+
+class SummaryParams(BaseModel):
+    every_n: int = param(0, ge=0, help="re-run each time this many new particles arrived")
+
+
+class Summarise(Protocol):
+    """One task over all the particles of its input (like an average); each completed
+    execution appends its particle count to ``work/runs.log``."""
+
+    name = "test.summarise"
+    Params = SummaryParams
+    stream_rerun_param = "every_n"
+    inputs = {"particles": Input(Particle, mapped=False)}
+    outputs = {"particles": Output(Particle)}
+
+    def plan(self, params: SummaryParams, inputs: dict[str, Any]) -> list[Task]:
+        names = sorted(inputs["particles"].names.tolist())
+        if not names:
+            raise InputError("test.summarise needs particles")  # like average.refine
+        return [Task(key="summary", payload=names, size=len(names))]
+
+    def process(self, item: list[str], params: SummaryParams, context: ProcessContext):
+        with open(context.run_dir / "work" / "runs.log", "a") as log:
+            log.write(f"{len(item)}\n")
+        return {"particles": particle("summary", float(len(item)))}
+
+
+for _protocol in (Trickle, Summarise):
+    register_protocol(_protocol)

@@ -23,7 +23,13 @@ from pydantic import BaseModel, ValidationError
 
 from tomoweave.engine.errors import InputError, TomoweaveError
 from tomoweave.engine.executors import make_executor
-from tomoweave.engine.inputs import find_run, load_input_items, resolve_inputs, split_reference
+from tomoweave.engine.inputs import (
+    find_run,
+    inputs_open,
+    load_input_items,
+    resolve_inputs,
+    split_reference,
+)
 from tomoweave.engine.registry import get_protocol
 from tomoweave.engine.runner import RunScheduler
 from tomoweave.model import ParticleTable
@@ -101,7 +107,11 @@ class Project:
         validated = validate_params(protocol_class, params or {})
         set_ids = resolve_inputs(self.catalog, protocol_class, inputs or {})
         loaded, _ = load_input_items(self.catalog, protocol_class, set_ids)
-        protocol_class().plan(validated, loaded)  # bad input fails here, before anything is written
+        try:  # bad input fails here, before anything is written
+            protocol_class().plan(validated, loaded)
+        except InputError:
+            if not inputs_open(self.catalog, set_ids):  # still growing: it may become enough
+                raise
         stored_inputs = {"references": inputs or {}, "set_ids": set_ids}
         plain_params = validated.model_dump(mode="json")
         existing = self.catalog.run_by_name(name) if name else None

@@ -55,6 +55,7 @@ class Task:
     key: str
     payload: Any
     sources: list[tuple[int, str]] = field(default_factory=list)
+    size: int | None = None  # items the task covers, for re-runs on growth (stream_rerun_param)
 
 
 class NoParams(BaseModel):
@@ -73,6 +74,11 @@ class Protocol:
     outputs: ClassVar[dict[str, Output]] = {}
     citations: ClassVar[list[str]] = []
     programs: ClassVar[tuple[Program, ...]] = ()  # external programs process() runs
+    # Streaming of a task that covers a whole growing input (an early average): the parameter
+    # holding N. While the input is open, the task runs again once its ``Task.size`` has grown
+    # by N since its last run (N = 0: not while streaming); when the input closes it runs
+    # once more if it grew, so the final output covers every item.
+    stream_rerun_param: ClassVar[str | None] = None
 
     @classmethod
     def missing_programs(cls, project_root: str | Path | None = None) -> list[Program]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from tomoweave.engine import checkpoint
 from tomoweave.engine.context import ProcessContext
+from tomoweave.engine.errors import InputError
 from tomoweave.engine.executors import Executor
 from tomoweave.engine.inputs import inputs_open, inputs_signature, load_input_items
 from tomoweave.engine.protocol import Task
@@ -58,6 +59,8 @@ class RunScheduler:
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
         self.pending: dict[Any, tuple[Task, str, ProcessContext]] = {}
         self.lost: dict[str, int] = {}  # task key -> times its worker died
+        self.replan = False  # plan again although the inputs did not change (a re-run is due)
+        self.waiting_for = ""  # why planning found nothing to do yet (streaming)
         self.relay = EventRelay(run_id, self.log, catalog, progress)
 
     def execute(self) -> str:
@@ -105,7 +108,7 @@ class RunScheduler:
                        f"{json.dumps(self.run.params, sort_keys=True)}")
 
     def _loop(self) -> None:
-        submitted: set[str] = set()
+        submitted: dict[str, int | None] = {}  # task key -> its size when last submitted
         last_new_task = time.time()
         planned_for = None  # inputs signature of the last planning: unchanged inputs, same plan
         while True:
@@ -113,23 +116,56 @@ class RunScheduler:
                 self.protocol.still_producing(self.params, time.time() - last_new_task)
             signature = inputs_signature(self.catalog, self.input_set_ids)
             tasks = []
-            if signature != planned_for or not self.input_set_ids:
+            if signature != planned_for or not self.input_set_ids or self.replan:
+                self.replan = False
                 inputs, origin = load_input_items(self.catalog, self.protocol_class,
                                                   self.input_set_ids)
-                tasks = [t for t in self.protocol.plan(self.params, inputs)
-                         if t.key not in submitted]
+                tasks = [t for t in self._plan(inputs, still_open)
+                         if t.key not in submitted or self._grown(t, submitted[t.key], still_open)]
                 planned_for = signature
+                for task in tasks:
+                    submitted[task.key] = task.size
             if tasks:
                 last_new_task = time.time()
             if self.progress is not None:
                 self.progress.add_total(len(tasks))
             for task in tasks:
-                submitted.add(task.key)
                 self._submit(task, inputs, origin)
             if not self.pending and not still_open:
                 break
             for handle in self._wait(still_open):
                 self._collect(handle)
+
+    def _plan(self, inputs: dict[str, Any], still_open: bool) -> list[Task]:
+        """The protocol's tasks; while inputs are still growing, inputs it refuses (too few
+        particles for an average yet) mean no task yet rather than a failed run."""
+        try:
+            return self.protocol.plan(self.params, inputs)
+        except InputError as error:
+            if not still_open or not self.input_set_ids:
+                raise
+            if str(error) != self.waiting_for:
+                self.log.write(f"waiting for more input: {error}")
+                self.waiting_for = str(error)
+            return []
+
+    def _grown(self, task: Task, last_size: int | None, still_open: bool) -> bool:
+        """Whether a task submitted before runs again because its input grew (see
+        Protocol.stream_rerun_param); never while its previous attempt is still running."""
+        name = self.protocol_class.stream_rerun_param
+        if name is None or task.size is None or last_size is None:
+            return False
+        if any(pending.key == task.key for pending, _, _ in self.pending.values()):
+            self.replan = self.replan or task.size != last_size
+            return False
+        every = int(getattr(self.params, name) or 0)
+        due = task.size != last_size if not still_open else (
+            every > 0 and task.size - last_size >= every)
+        if due:
+            self.log.write(f"{task.key}: {task.size - last_size:+d} items since its last run "
+                           f"({last_size} -> {task.size}); running it again"
+                           + ("" if still_open else " (inputs complete)"))
+        return due
 
     def _wait(self, still_open: bool) -> list[Any]:
         """Tasks that ended, passing on the running tasks' live reports meanwhile. While inputs

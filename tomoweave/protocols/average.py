@@ -71,6 +71,9 @@ class RefineParams(SymmetryParams):
         "from the particles' orientations, or reference-free from random ones")
     memory_gb: float = param(2.0, gt=0, unit="GB", help="cropped particle images kept in "
                              "memory between iterations")
+    stream_every_n: int = param(0, ge=0, help="streaming: while the subtomograms input is "
+                                "still growing, refine again each time this many new "
+                                "particles have arrived (0: only once it is complete)")
 
     @field_validator("binning_schedule")
     @classmethod
@@ -134,6 +137,7 @@ class AverageRefine(Protocol):
         "checkpointed: `tomoweave resume` continues a killed run from the last iteration.")
     citations = CITATIONS
     Params = RefineParams
+    stream_rerun_param = "stream_every_n"  # an early average, refined again as particles come
     inputs = {"subtomograms": Input(Subtomogram, mapped=False, help="extracted, pseudo- or "
                                     "imported subtomograms (one box and pixel size)"),
               "reference": Input(Volume, mapped=False, optional=True, help="starting map "
@@ -164,7 +168,8 @@ class AverageRefine(Protocol):
                 raise InputError(f"input '{name}' holds {len(inputs[name])} volumes: give one")
         return [Task(key=TASK_KEY, payload={
             "subtomograms": [s.model_dump(mode="json") for s in subtomograms],
-            "reference": first_volume(inputs, "reference"), "mask": first_volume(inputs, "mask")})]
+            "reference": first_volume(inputs, "reference"), "mask": first_volume(inputs, "mask")},
+            size=len(subtomograms))]
 
     def process(self, payload: dict, params: RefineParams,
                 context: ProcessContext) -> dict[str, Any]:
