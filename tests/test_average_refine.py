@@ -29,6 +29,7 @@ from tomoweave.api import Project
 from tomoweave.cli import app
 from tomoweave.formats.mrc import read_mrc
 from tomoweave.geometry.sampling import orientation_errors_deg
+from tomoweave.report import write_report
 from tomoweave.sim.oracle import resolution_to_truth_a
 
 BOX, PIXEL_A, COUNT = 32, 12.0, 80
@@ -116,6 +117,10 @@ def test_outputs_maps_plots_and_show_json(refined):
         assert (outputs / name).stat().st_size > 5000, name
     (reference,) = project.items(run, "map")
     assert reference.path == shown["path"]
+    page = write_report(project).read_text()
+    assert f"{shown['resolution_a']:.1f} Å (FSC 0.143), {COUNT} particles" in page
+    for name in ("fsc", "central_slices", "angular_distribution"):
+        assert f"{name}.png" in page
 
 
 def _log_text(project_root, not_folder: str) -> str:
@@ -125,6 +130,7 @@ def _log_text(project_root, not_folder: str) -> str:
     return logs[-1].read_text() if logs and logs[-1].is_file() else ""
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_and_matches(refined):
     project, uninterrupted = refined["project"], refined["run"]
     sets = [f"--set={k}={v}" for k, v in PARAMS.items()]
@@ -160,3 +166,30 @@ def test_sigkill_then_resume_continues_and_matches(refined):
     assert abs(1 / killed_average.resolution_a - 1 / reference.resolution_a) <= shell + 1e-9
     assert [h["iteration"] for h in killed_average.iterations] == \
         list(range(1, len(killed_average.iterations) + 1))
+
+
+def test_refined_particles_export_to_dynamo_and_relion5(refined, tmp_path):
+    from tomoweave.formats.dynamo import read_dynamo_table
+    from tomoweave.formats.star_io import read_star_blocks
+
+    project = refined["project"]
+    particles = project.items("refined", "particles")
+    size = [400, 400, 100]
+    for target in ("dynamo", "relion5"):
+        run = project.run(f"export.{target}", inputs={"particles": "refined.particles"},
+                          params={"out_dir": str(tmp_path / target), "pixel_size_a": 10.0,
+                                  "tomo_size_xyz": size}, executor="inline")
+        assert run.state == "finished"
+    (table,) = (tmp_path / "dynamo").glob("*.tbl")
+    back = {p.name.split("/")[1]: p for p in read_dynamo_table(table, 10.0, tuple(size))}
+    for index, particle in enumerate(particles):
+        again = back[str(index + 1)]  # tags count the particles of a tomogram from 1
+        np.testing.assert_allclose(again.rotation_matrix, particle.rotation_matrix, atol=1e-4)
+        np.testing.assert_allclose(again.position_a, particle.position_a, atol=1e-3)
+    stars = {p.name: p for p in (tmp_path / "relion5").rglob("*.star")}
+    assert "particles.star" in stars
+    blocks = read_star_blocks(stars["particles.star"])
+    rows = blocks["particles"]
+    assert len(rows) == len(particles)
+    centred = rows[[f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]].to_numpy(float)
+    np.testing.assert_allclose(centred, [p.position_a for p in particles], atol=1e-3)

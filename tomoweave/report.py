@@ -105,6 +105,10 @@ def _output_previews(project: Project, run, assets: Path, page_dir: Path) -> lis
                                assets / f"run{run.id:04d}_{output_set.output}_{_safe(record.key)}.png")
             if picture is not None:
                 caption = f"{output_set.output}: {record.key}"
+                if output_set.item_type == "Average" and record.data.get("resolution_a"):
+                    caption += (f" — {record.data['resolution_a']:.1f} Å (FSC "
+                                f"{record.data.get('fsc_threshold', 0.143):g}), "
+                                f"{record.data.get('particle_count') or '?'} particles")
                 figures.append(_figure(picture, page_dir, caption))
     return figures
 
