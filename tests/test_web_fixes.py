@@ -3,6 +3,8 @@ project of two tilt series (the CTF assistant's choice stays on its series, ...)
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import numpy as np
 import pytest
@@ -344,3 +346,43 @@ def test_a_long_project_graph_is_legible_zooms_and_pans(two_series, page):
     assert min(_text_heights(page)) >= 9
     names = page.locator("#run-table tr[data-run='chain-0'] td b")
     assert names.evaluate("b => b.querySelectorAll('wbr').length") == 1  # wraps at the '-'
+
+
+def test_minor_fixes_seen_on_the_demo(two_series, page):
+    """Issue 18.15: no "TiltSeriess", defocus always with 3 decimals, the mouse wheel steps the
+    tilt viewer, the cursor readout clears when the plane changes, only the newest particle set
+    is drawn at first."""
+    project, url = two_series["project"], two_series["url"]
+    page.goto(url + "#/new/tiltseries.bin")
+    listed = page.locator('[data-field="inputs.tilt_series"] select option', has_text="simulate")
+    expect(listed).to_have_count(1)
+    options = page.locator('[data-field="inputs.tilt_series"] select option').all_text_contents()
+    assert any("2 TiltSeries (" in o for o in options) and not any("Seriess" in o for o in options)
+
+    with_ctf = two_series["with_ctf"]
+    page.goto(url + f"#/ctf/{with_ctf.id}/tilt_series/TS_01")
+    cells = page.locator("table.data tbody tr td:nth-child(3)")
+    expect(cells.first).to_be_visible()
+    assert all(re.fullmatch(r"\d+\.\d{3}", text) for text in cells.all_text_contents())
+
+    page.goto(url + f"#/tiltseries/{two_series['simulated'].id}/tilt_series/TS_01")
+    canvas = page.locator("#tilt-canvas")
+    angles = sorted(t.tilt_deg for t in project.items(two_series["simulated"], "tilt_series")[0].tilts)
+    expect(canvas).to_have_attribute("data-tilt", f"{angles[len(angles) // 2]:g}")
+    canvas.hover()
+    page.mouse.wheel(0, 100)
+    expect(canvas).to_have_attribute("data-tilt", f"{angles[len(angles) // 2 + 1]:g}")
+
+    older = project.run(MarkedTomogram.name, name="marked-old", executor="inline")
+    project.run(MarkedTomogram.name, name="marked-new", executor="inline")
+    page.goto(url + f"#/tomogram/{older.id}/tomograms/MARK")
+    rows = page.locator("#particle-sets label.set-row")
+    expect(rows).to_have_count(len([r for r in project.runs()
+                                    if r.protocol == MarkedTomogram.name]))
+    boxes = page.locator("#particle-sets label.set-row input")
+    assert [boxes.nth(i).is_checked() for i in range(rows.count())][-1] is True
+    assert not any(boxes.nth(i).is_checked() for i in range(rows.count() - 1))
+    page.locator("#slice-canvas").hover()
+    expect(page.locator("#cursor-readout")).to_contain_text("voxel (")
+    page.click('.seg button[data-axis="y"]')
+    expect(page.locator("#cursor-readout")).to_have_text("Move over the slice for coordinates.")

@@ -67,7 +67,8 @@ export const STATE_COLOURS = {
 
 export const WARNING_COLOUR = "#c27c0e";
 
-export function plural(count, word) { return `${count} ${word}${count === 1 ? "" : "s"}`; }
+// "1 warning, 2 warnings", but "2 TiltSeries" (issue 18.15: not "TiltSeriess")
+export function plural(count, word) { return `${count} ${word}${count === 1 || /s$/.test(word) ? "" : "s"}`; }
 
 // The state, and the warnings the run's items logged: a run that "finished" with warnings on
 // every item must not look plain green (issue 18.6).

@@ -84,7 +84,7 @@ class CtfAssistant {
     return el("tr", { class: `clickable${st.selected === i ? " selected" : ""}`, "data-index": t.stackIndex,
       onclick: (e) => { if (e.target !== box) this.select(i); } },
     el("td", {}, box), el("td", { class: "num" }, `${fixed(t.tilt_deg, 1)}°`),
-    el("td", { class: "num" }, fmt(t.ctf.defocus_u_a / 1e4, 3)), el("td", { class: "num" }, fmt(t.ctf.defocus_v_a / 1e4, 3)),
+    el("td", { class: "num" }, fixed(t.ctf.defocus_u_a / 1e4, 3)), el("td", { class: "num" }, fixed(t.ctf.defocus_v_a / 1e4, 3)),
     el("td", { class: "num" }, t.ctf.fit_resolution_a == null ? "–" : fmt(t.ctf.fit_resolution_a, 1)),
     el("td", { class: "flag" }, this.flagged(t) ? el("b", { style: `color:${COLOURS.flaggedKept}` },
       t.excluded ? "excluded" : noRings(t) ? "no Thon rings" : "deviates") : ""));
@@ -96,7 +96,7 @@ class CtfAssistant {
     const c = t.ctf;
     this.detail.replaceChildren(el("h2", {}, `Tilt ${fixed(t.tilt_deg, 1)}° (stack slice ${t.stackIndex})`),
       el("dl", { class: "kv" },
-        el("dt", {}, "defocus U / V"), el("dd", {}, `${fmt(c.defocus_u_a / 1e4, 3)} / ${fmt(c.defocus_v_a / 1e4, 3)} µm`),
+        el("dt", {}, "defocus U / V"), el("dd", {}, `${fixed(c.defocus_u_a / 1e4, 3)} / ${fixed(c.defocus_v_a / 1e4, 3)} µm`),
         el("dt", {}, "astigmatism angle"), el("dd", {}, `${fmt(c.astigmatism_angle_deg, 1)}°`),
         el("dt", {}, "phase shift"), el("dd", {}, `${fmt(c.phase_shift_deg, 1)}°`),
         el("dt", {}, "fit resolution"), el("dd", {}, c.fit_resolution_a == null ? "–" : `${fmt(c.fit_resolution_a, 1)} Å`),

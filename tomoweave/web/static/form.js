@@ -1,7 +1,7 @@
 // A form for any protocol, generated from Protocol.describe(): parameters with units, bounds and
 // help; input selectors offering only outputs of the right item type; server-side validation
 // errors shown beside the field they name.
-import { api, el, fieldLabel } from "./app.js";
+import { api, el, fieldLabel, plural } from "./app.js";
 
 function schemaOf(property) {
   // Optional[X] is anyOf [X, null]: the form shows X and an empty box means "not set".
@@ -81,7 +81,7 @@ async function inputRow(name, spec, chosen) {
     el("option", { value: "" }, options.length ? `— choose ${spec.type} —` : `no ${spec.type} outputs in this project yet`),
     missing ? el("option", { value: "", selected: true, disabled: true }, `${chosen} (read before, no longer in the project)`) : "",
     options.map((o) => el("option", { value: o.reference, selected: o.reference === chosen },
-      `${o.run} · ${o.output} — ${o.count} ${o.type}${o.count === 1 ? "" : "s"} (${{ open: "still growing", stopped: "incomplete, run stopped" }[o.state] || o.run_state})`)));
+      `${o.run} · ${o.output} — ${plural(o.count, o.type)} (${{ open: "still growing", stopped: "incomplete, run stopped" }[o.state] || o.run_state})`)));
   // newest output first: the usual next step reads what was made last
   if (!chosen && options.length && !spec.optional) select.value = options[0].reference;
   const label = el("label", { for: `input-${name}`, title: spec.help || "" }, fieldLabel(name), " ",

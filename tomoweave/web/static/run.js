@@ -23,8 +23,8 @@ function inputsBlock(run) {
   if (!entries.length) return el("p", { class: "muted" }, "No inputs (this run brings data in).");
   return el("dl", { class: "kv" }, entries.flatMap(([name, reference]) => {
     const sources = run.input_runs[name] || [];
-    return [el("dt", {}, fieldLabel(name)), el("dd", {}, sources.map((s) =>
-      el("a", { href: `#/run/${s.run_id}` }, s.run)), " ", el("span", { class: "muted mono" }, String(reference)))];
+    const links = sources.flatMap((s, i) => [i ? ", " : "", el("a", { href: `#/run/${s.run_id}`, class: "input-run" }, s.run)]);
+    return [el("dt", {}, fieldLabel(name)), el("dd", {}, links, " ", el("span", { class: "muted mono" }, String(reference)))];
   }));
 }
 

@@ -19,6 +19,14 @@ class TiltSeriesViewer {
     this.facts = el("dl", { class: "kv", id: "tilt-facts" });
     this.image = new Image();
     this.slider.addEventListener("input", () => { this.st.position = Number(this.slider.value); this.load(); });
+    this.canvas.addEventListener("wheel", (event) => {  // the wheel steps through the tilts
+      event.preventDefault();
+      const position = Math.max(0, Math.min(this.order.length - 1, this.st.position + (event.deltaY > 0 ? 1 : -1)));
+      if (position === this.st.position) return;
+      this.st.position = position;
+      this.slider.value = position;
+      this.load();
+    }, { passive: false });
     this.applyBox.addEventListener("change", () => {
       this.st.apply = this.applyBox.checked;
       this.draw();
@@ -77,7 +85,7 @@ class TiltSeriesViewer {
       ["excluded", tilt.excluded ? "yes" : "no"]];
     if (a) rows.push(["aligned tilt", `${fmt(a.y_tilt_deg, 2)}°`], ["in-plane rotation", `${fmt(a.z_rot_deg, 2)}°`],
       ["shift x, y", `${fmt(a.shift_x_a, 1)}, ${fmt(a.shift_y_a, 1)} Å`], ["residual", a.residual_a == null ? "–" : `${fmt(a.residual_a, 1)} Å`]);
-    if (c) rows.push(["defocus U / V", `${fmt(c.defocus_u_a / 1e4, 3)} / ${fmt(c.defocus_v_a / 1e4, 3)} µm`]);
+    if (c) rows.push(["defocus U / V", `${fixed(c.defocus_u_a / 1e4, 3)} / ${fixed(c.defocus_v_a / 1e4, 3)} µm`]);
     this.facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   }
 

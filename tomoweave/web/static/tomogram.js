@@ -84,7 +84,11 @@ class TomogramViewer {
   voxelOf(positionA) { return positionA.map((a, axis) => a / this.pix + (this.size[axis] >> 1)); }
   markerRadius(minimum) { return Math.max(minimum, (this.st.markerA / this.pix / this.st.shownBinning) * this.st.scale); }
 
-  refresh() { this.sync(); this.load(); }
+  refresh() {
+    this.readout.textContent = "Move over the slice for coordinates.";  // the old one is of another plane
+    this.sync();
+    this.load();
+  }
 
   step(delta) {
     this.stepStarted = performance.now();
@@ -220,6 +224,9 @@ class TomogramViewer {
       if (!response.ok) throw new Error(await response.text());
       set.columns = new Float32Array(await response.arrayBuffer());
     }));
+    if (!this.setsLoaded) {  // the newest set is drawn at first, the others on request
+      for (const set of sets.slice(0, -1)) if (!set.editable) st.hidden.add(set.reference);
+    }
     st.sets = sets;
     this.setsLoaded = true;
     this.setList.replaceChildren(...(st.sets.length ? st.sets.map((set, index) => this.setRow(set, index))
