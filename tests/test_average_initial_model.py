@@ -45,3 +45,32 @@ def test_imported_volume_is_resampled_lowpassed_and_warned(tmp_path):
     assert beyond <= 1e-6 * spectrum.sum()  # nothing past the low-pass and its 2-voxel edge
     target = template_map("4v4r", BOX, PIXEL_A)
     assert resolution_to_truth_a(volume, target, PIXEL_A)[0] <= 55.0
+
+
+def test_symmetry_expansion_copies_each_particle_per_operator(tmp_path):
+    from tomoweave.geometry.symmetry import symmetry_operators
+
+    star_set = write_star_set(tmp_path / "data", count=3, box_px=16, pixel_size_a=PIXEL_A)
+    project = Project.init(tmp_path / "project")
+    project.run("import.subtomograms", params={"files": [str(star_set.star)]},
+                executor="inline", name="imported")
+    run = project.run("average.symmetry_expand", inputs={"subtomograms": "imported"},
+                      params={"symmetry": "d7"}, executor="inline", name="expanded")
+    assert run.state == "finished"
+    originals = {s.name: s for s in project.items("imported", "subtomograms")}
+    copies = project.items(run, "subtomograms")
+    assert len(copies) == 14 * len(originals)
+    operators = symmetry_operators("D7")
+    for copy in copies:
+        name, _, index = copy.name.rpartition("_s")
+        original = originals[name]
+        expected = original.particle.rotation_matrix @ operators[int(index) - 1]
+        np.testing.assert_allclose(copy.particle.rotation_matrix, expected, atol=1e-9)
+        assert copy.path == original.path and copy.particle.position_a == \
+            original.particle.position_a
+    from pydantic import ValidationError
+
+    from tomoweave.protocols.average import ExpandParams
+
+    with pytest.raises(ValidationError, match="expected C<n>, D<n>, T, O or I"):
+        ExpandParams(symmetry="X5")

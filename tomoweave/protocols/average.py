@@ -20,7 +20,7 @@ from tomoweave.algorithms.averaging.halves import split_half_sets
 from tomoweave.algorithms.averaging.particle_images import image_source
 from tomoweave.engine import Input, InputError, ItemError, Output, ProcessContext, Protocol, Task, param
 from tomoweave.formats.mrc import MrcError, read_mrc
-from tomoweave.geometry.symmetry import parse_symmetry
+from tomoweave.geometry.symmetry import expand_rotations, parse_symmetry
 from tomoweave.model import Average, Particle, Subtomogram, Volume
 from tomoweave.protocols import average_outputs as outputs
 
@@ -358,3 +358,50 @@ class AverageInitialModel(Protocol):
         refined = outputs.refined_subtomograms(subtomograms, rotations, shifts, None, None)
         return {"model": outputs.map_volume("initial_model", path, pixel, box, params.symmetry),
                 "subtomograms": refined}
+
+
+class ExpandParams(BaseModel):
+    symmetry: str = param(..., help="point group of the average: Cn, Dn, T, O or I")
+
+    @field_validator("symmetry")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        parse_symmetry(value)
+        return value.strip().upper()
+
+
+class SymmetryExpand(Protocol):
+    """Symmetry expansion: one copy of every subtomogram per symmetry operator."""
+
+    name = "average.symmetry_expand"
+    label = "Symmetry-expand particles"
+    description = ("Replaces every subtomogram by |G| copies whose rotations are R · op for "
+                   "each operator op of the point group (RELION's axes): the same particle, "
+                   "each copy attributing another asymmetric unit of the reference to it, for "
+                   "focused classification or refinement of subunits. Copies keep the "
+                   "particle's box, shift and half set (they share its density) and are named "
+                   "NAME_sK.")
+    Params = ExpandParams
+    inputs = {"subtomograms": Input(Subtomogram, mapped=False, help="refined subtomograms")}
+    outputs = {"subtomograms": Output(Subtomogram, help="|G| copies of each")}
+
+    def plan(self, params: ExpandParams, inputs: dict[str, Any]) -> list[Task]:
+        subtomograms = list(inputs.get("subtomograms") or [])
+        if not subtomograms:
+            raise InputError(f"{self.name}: the subtomograms input is empty")
+        return [Task(key="expand", payload=[s.model_dump(mode="json") for s in subtomograms])]
+
+    def process(self, payload: list, params: ExpandParams,
+                context: ProcessContext) -> dict[str, Any]:
+        subtomograms = [Subtomogram.model_validate(s) for s in payload]
+        expanded = expand_rotations(particle_arrays(subtomograms)["rotations"], params.symmetry)
+        copies = []
+        for item, rotations in zip(subtomograms, expanded, strict=True):
+            for index, rotation in enumerate(rotations):
+                name = f"{item.name}_s{index + 1}"
+                particle = Particle(**{**item.particle.model_dump(), "name": name,
+                                       "rotation": rotation.tolist()})
+                copies.append(item.model_copy(update={"name": name, "particle": particle}))
+        context.log(f"{len(subtomograms)} subtomograms expanded by {params.symmetry} "
+                    f"({expanded.shape[1]} operators) to {len(copies)}")
+        return {"subtomograms": copies}
