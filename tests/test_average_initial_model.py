@@ -74,3 +74,18 @@ def test_symmetry_expansion_copies_each_particle_per_operator(tmp_path):
 
     with pytest.raises(ValidationError, match="expected C<n>, D<n>, T, O or I"):
         ExpandParams(symmetry="X5")
+
+
+def test_refine_bad_input_gets_one_clear_line(tmp_path):
+    star_set = write_star_set(tmp_path / "data", count=4, box_px=16, pixel_size_a=PIXEL_A)
+    write_mrc(tmp_path / "mask.mrc", np.ones((20, 20, 20), np.float32), PIXEL_A)
+    project = Project.init(tmp_path / "project")
+    project.run("import.subtomograms", params={"files": [str(star_set.star)]},
+                executor="inline", name="imported")
+    project.run("import.volume", params={"files": [str(tmp_path / "mask.mrc")]},
+                executor="inline", name="mask")
+    run = project.run("average.refine", inputs={"subtomograms": "imported", "mask": "mask"},
+                      params={"particle_diameter_a": 150.0}, executor="inline", name="bad")
+    assert run.state == "failed"
+    errors = [j["error"] for j in project.catalog.journal(run.id).values()]
+    assert errors == ["mask mask: shape (20, 20, 20), expected the particles' box 16³"]
