@@ -140,7 +140,7 @@ class Project:
                 progress=None) -> Run:
         run = run if isinstance(run, Run) else self.get_run(run)
         scheduler = RunScheduler(self.layout, self.catalog, run.id,
-                                 make_executor(executor, workers), progress)
+                                 make_executor(executor, workers, project_root=self.root), progress)
         scheduler.execute()
         return run
 

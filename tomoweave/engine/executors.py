@@ -105,15 +105,23 @@ def run_in_environment(environment: dict[str, str], function: Callable, *args: A
 class DaskExecutor(Executor):
     kind = "dask"
 
-    def __init__(self, n_workers: int | None = None, address: str | None = None):
+    def __init__(self, n_workers: int | None = None, address: str | None = None,
+                 config=None):
         try:
             from distributed import Client, LocalCluster
         except ImportError as error:  # pragma: no cover - distributed is a dependency
             raise TomoweaveError("the dask executor needs the 'distributed' package") from error
         self.n_workers = n_workers or os.cpu_count() or 1
-        if address:
+        if config is not None and not address and config.kind != "scheduler":
+            from tomoweave.engine.cluster import job_cluster
+
+            self.cluster = job_cluster(config)  # workers are batch jobs (SLURM, PBS)
+            self.n_workers = n_workers or config.jobs
+            self.cluster.scale(jobs=self.n_workers)
+            self.client = Client(self.cluster)
+        elif address or config is not None:
             self.cluster = None
-            self.client = Client(address)
+            self.client = Client(address or config.scheduler)
         else:
             self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1,
                                         processes=True, dashboard_address=None)
@@ -140,11 +148,17 @@ class DaskExecutor(Executor):
             self.cluster.close()
 
 
-def make_executor(name: str, n_workers: int | None = None, address: str | None = None) -> Executor:
+def make_executor(name: str, n_workers: int | None = None, address: str | None = None, *,
+                  project_root=None) -> Executor:
+    """The executor called ``name``; ``dask`` joins ``address`` (or $TOMOWEAVE_DASK_SCHEDULER),
+    else the cluster of the project's cluster.yaml (engine.cluster), else a local cluster."""
     if name == "inline":
         return InlineExecutor()
     if name == "local":
         return LocalExecutor(n_workers)
     if name == "dask":
-        return DaskExecutor(n_workers, address or os.environ.get("TOMOWEAVE_DASK_SCHEDULER"))
+        from tomoweave.engine.cluster import read_cluster_config
+
+        return DaskExecutor(n_workers, address or os.environ.get("TOMOWEAVE_DASK_SCHEDULER"),
+                            read_cluster_config(project_root))
     raise TomoweaveError(f"unknown executor '{name}': choose one of {', '.join(EXECUTOR_NAMES)}")
