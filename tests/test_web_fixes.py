@@ -386,3 +386,27 @@ def test_minor_fixes_seen_on_the_demo(two_series, page):
     expect(page.locator("#cursor-readout")).to_contain_text("voxel (")
     page.click('.seg button[data-axis="y"]')
     expect(page.locator("#cursor-readout")).to_have_text("Move over the slice for coordinates.")
+
+
+def test_tomogram_viewer_has_a_scale_bar_in_nm(two_series, page):
+    """Issue 18.9 (part): the bar's length is its nm × 10 / (Å per voxel × binning) × scale."""
+    project, url = two_series["project"], two_series["url"]
+    marked = [r for r in project.runs() if r.protocol == MarkedTomogram.name]
+    run = marked[-1] if marked else project.run(MarkedTomogram.name, executor="inline")
+    page.goto(url + f"#/tomogram/{run.id}/tomograms/MARK")
+    canvas = page.locator("#slice-canvas")
+    expect(canvas).to_have_attribute("data-sets", "1", timeout=20_000)
+    nm = float(canvas.get_attribute("data-scale-bar-nm"))
+    scale, binning = float(canvas.get_attribute("data-scale")), int(canvas.get_attribute("data-binning"))
+    length = nm * 10 / (MARK_PIXEL_A * binning) * scale
+    assert float(canvas.get_attribute("data-scale-bar-px")) == pytest.approx(length, abs=0.01)
+    width = float(canvas.get_attribute("width"))
+    assert width / 10 <= length <= width / 5 + 0.01  # a round length near a fifth of the width
+    row = page.evaluate("""() => {
+        const c = document.querySelector('#slice-canvas');
+        const d = c.getContext('2d').getImageData(0, c.height - 12, c.width, 1).data;
+        const white = [];
+        for (let i = 0; i < c.width; i++) white.push(d[4 * i] === 255 && d[4 * i + 2] === 255);
+        return white;
+    }""")
+    assert abs(sum(row[:int(12 + length) + 2]) - length) <= 2  # the bar drawn that long

@@ -201,6 +201,7 @@ class TomogramViewer {
     const drawn = this.particlesToDraw();
     const selected = performance.now();
     drawParticles(ctx, drawn, radius, st.window);
+    this.drawScaleBar(ctx);
     canvas.dataset.selectMs = (selected - started).toFixed(1);  // for the benchmark
     canvas.dataset.markMs = (performance.now() - selected).toFixed(1);
     if (this.stepStarted) canvas.dataset.stepMs = (performance.now() - this.stepStarted).toFixed(1);
@@ -211,6 +212,22 @@ class TomogramViewer {
     canvas.dataset.binning = String(st.shownBinning);
     canvas.classList.toggle("pick-on", st.picking);
     this.sync();
+  }
+
+  // A scale bar in nm, bottom left: a round length near a fifth of the width (issue 18.9).
+  drawScaleBar(ctx) {
+    const { canvas, st } = this;
+    const pxPerNm = (10 / this.pix / st.shownBinning) * st.scale;
+    const wanted = canvas.width / 5 / pxPerNm;
+    const magnitude = 10 ** Math.floor(Math.log10(wanted));
+    const nm = [1, 2, 5, 10].map((m) => m * magnitude).filter((v) => v <= wanted).pop() || magnitude;
+    const length = nm * pxPerNm;
+    const x = 12, y = canvas.height - 14;
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(x, y, length, 4);
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.fillText(`${nm >= 1 ? nm : nm.toFixed(1)} nm`, x, y - 5);
+    Object.assign(canvas.dataset, { scaleBarNm: String(nm), scaleBarPx: length.toFixed(2) });
   }
 
   async loadParticles() {
