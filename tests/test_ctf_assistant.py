@@ -110,6 +110,8 @@ def test_rules_use_the_mean_of_the_unflagged_tilts():
     assert np.nonzero(unfit.flagged)[0].tolist() == [1, 4, 5, 8]  # no Thon rings: flagged
     assert unfit.reasons[4] == ["no usable Thon rings (the defocus is not a fit)"]
     assert unfit.mean_defocus_u_a == pytest.approx(np.delete(u, [1, 4, 5, 8]).mean())
+    nowhere = assess_ctf(u, u - 500.0, [8.0] * 11, reliable=[False] * 11)  # too coarse for rings
+    assert np.nonzero(nowhere.flagged)[0].tolist() == [1, 5, 8]  # judged as if all were fits
     with pytest.raises(ValueError, match="no tilt at 7"):
         apply_overrides(verdict, np.arange(11) * 10.0 - 50, keep=[7.0])
 

@@ -51,7 +51,9 @@ def assess_ctf(
         Most re-computations of the mean of the unflagged tilts.
     reliable : sequence of bool, length T, optional
         False for tilts whose fit found no Thon rings (their defocus is a stand-in, e.g. the
-        nominal one): always flagged, and left out of the mean.
+        nominal one): flagged and left out of the mean when other tilts of the series have
+        rings. When no tilt has any (a pixel size too coarse for Thon rings), no tilt is
+        flagged for it: the series is no worse than its neighbours, and the caller warns once.
     """
     u = np.asarray(defocus_u_a, dtype=float)
     v = np.asarray(defocus_v_a, dtype=float)
@@ -67,6 +69,8 @@ def assess_ctf(
     no_rings = np.zeros(u.size, dtype=bool) if reliable is None else ~np.asarray(reliable, bool)
     if no_rings.shape != u.shape:
         raise ValueError(f"reliable must have one entry per tilt ({u.size}), got {no_rings.size}")
+    if no_rings.all():
+        no_rings[:] = False
     poor |= no_rings
     flagged = poor.copy()
     for _ in range(max_iterations):

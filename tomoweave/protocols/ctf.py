@@ -141,6 +141,10 @@ class CtfAssess(Protocol):
                 params.drop_tilts if chosen else (), params.by)
         except ValueError as error:
             raise ItemError(f"{item.name}: {error}") from error
+        if not any(c.reliable for c in ctfs):
+            context.warn(f"{item.name}: no tilt shows Thon rings (pixel size "
+                         f"{item.pixel_size_a:g} Å too coarse, or no signal): every defocus is "
+                         f"the nominal one, so no tilt is judged by its CTF")
         flagged = np.nonzero(verdict.flagged)[0].tolist()
         for index in flagged:
             context.log(f"{item.name} tilt {angles[index]:g}° flagged: "
