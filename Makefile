@@ -16,17 +16,19 @@ RELION5_STAMP := $(TOMOWEAVE_RELION5_ROOT)/.tomoweave-relion5
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,bench]"
+	$(BIN)/pip install --quiet -e ".[test,bench,cluster]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# Debian packages the tests drive for real (RELION for motion-correction comparison, Chromium for the GUI).
+# Debian packages the tests drive for real (RELION for motion-correction comparison, Chromium for the GUI,
+# a single-node SLURM for the cluster executor).
 system-packages:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  command -v chromium >/dev/null || missing="$$missing chromium"; \
 	  command -v relion_run_motioncorr >/dev/null || missing="$$missing relion"; \
+	  command -v slurmctld >/dev/null || missing="$$missing slurm-wlm munge"; \
 	  if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || \
 	    echo "warning: could not install$$missing"; \

@@ -1,8 +1,10 @@
 """The dask executor's cluster from the project's cluster.yaml (issue 13, item 4): SLURM/PBS
 job scripts written by the real dask-jobqueue, joining a running scheduler, and bad configs
-refused with one line. (A run whose workers are real SLURM jobs is not tested yet.)"""
+refused with one line, and a run whose workers are jobs of a real single-node SLURM."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,5 +71,55 @@ def test_joining_a_running_scheduler_gives_the_local_result(tmp_path, stack_fact
     assert joined.state == "finished"
     by_name = lambda run: sorted(project.items(run), key=lambda ts: ts.name)  # noqa: E731
     for a, b in zip(by_name(local), by_name(joined), strict=True):
+        np.testing.assert_array_equal(read_mrc(project.path(a.tilts[0].image_path))[0],
+                                      read_mrc(project.path(b.tilts[0].image_path))[0])
+
+
+@pytest.fixture
+def slurm(tmp_path, monkeypatch):
+    import slurm_node
+
+    reason = slurm_node.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("dask_jobqueue")
+    environment, pids = slurm_node.start(tmp_path / "slurm")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield tmp_path / "slurm"
+    finally:
+        slurm_node.stop(pids)
+
+
+@pytest.mark.slow
+def test_a_run_whose_workers_are_slurm_jobs_equals_the_local_run(tmp_path, stack_factory,
+                                                                 slurm):
+    import tomoweave
+
+    project = Project.init(tmp_path / "project")
+    stacks = [stack_factory(f"TS_{i:02d}", n_tilts=7, seed=i) for i in range(2)]
+    project.run("import.tiltseries", params={"files": [str(s) for s in stacks],
+                                             "dose_per_tilt_e_a2": 3.0},
+                name="import", executor="inline")
+    local = project.run("tiltseries.bin", inputs={"tilt_series": "import"},
+                        params={"binning": 2}, executor="local", workers=1)
+    source = Path(tomoweave.__file__).resolve().parents[1]  # the jobs import this checkout
+    (project.root / CLUSTER_FILE).write_text(f"""kind: slurm
+queue: short
+cores: 1
+memory: 900MB
+walltime: "00:10:00"
+jobs: 2
+job_script_prologue: ["export PYTHONPATH={source}"]
+local_directory: {tmp_path / 'dask'}
+""")
+    on_slurm = project.run("tiltseries.bin", inputs={"tilt_series": "import"},
+                           params={"binning": 2}, executor="dask")
+    assert on_slurm.state == "finished"
+    allocated = (slurm / "log" / "slurmctld.log").read_text().count("sched: Allocate JobId")
+    assert allocated >= 1  # the workers really were SLURM jobs
+    by_name = lambda run: sorted(project.items(run), key=lambda ts: ts.name)  # noqa: E731
+    for a, b in zip(by_name(local), by_name(on_slurm), strict=True):
         np.testing.assert_array_equal(read_mrc(project.path(a.tilts[0].image_path))[0],
                                       read_mrc(project.path(b.tilts[0].image_path))[0])

@@ -44,6 +44,8 @@ class ClusterConfig(BaseModel):
     walltime: str = "01:00:00"
     jobs: int = Field(1, ge=1)
     job_extra_directives: list[str] = []
+    job_script_prologue: list[str] = Field([], description="shell lines run before the worker "
+                                           "starts (activate the environment)")
     local_directory: str | None = None
 
 
@@ -79,7 +81,8 @@ def job_cluster(config: ClusterConfig) -> Any:
     options: dict[str, Any] = {"cores": config.cores, "processes": 1, "memory": config.memory,
                                "walltime": config.walltime, "queue": config.queue,
                                "account": config.account,
-                               "job_extra_directives": config.job_extra_directives}
+                               "job_extra_directives": config.job_extra_directives,
+                               "job_script_prologue": config.job_script_prologue}
     if config.local_directory:
         options["local_directory"] = config.local_directory
     kind = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[config.kind]
