@@ -134,21 +134,22 @@ def test_automatic_threshold_reaches_f1_0_9(name):
 
 
 @pytest.mark.slow
-def test_crowded_scene_with_gold_and_vesicle_keeps_precision():
-    """A known weakness, measured: 45 ribosomes with gold beads and a vesicle, phase flipped.
+@pytest.mark.parametrize("seed", [2, 3])
+def test_crowded_scene_with_gold_and_vesicle_reaches_f1_0_9(seed):
+    """45 ribosomes among proteasomes and crowders, gold beads and a vesicle, phase flipped.
 
-    The vesicle's and the beads' power enters the whitening spectrum (clipping the beads
-    helps, a vesicle stays) and the crowding lowers the local NCC of neighbouring particles:
-    recall is 0.69 at SNR 0.15 (F1 0.82) while precision stays 1.0. This test holds that
-    level, so a change that loses precision or recall here shows.
+    Seed 3 once lost four fifths of its particles: the best eight ribosomes, close together
+    by chance, passed for a population of their own and the threshold was set between them
+    and the others (F1 0.30); groups are now never taken as narrower than one score's noise.
     """
     spec = SceneSpec(shape_zyx=(80, 160, 160), n_targets=45, distractors={"3j9i": 15},
                      crowders={"3qm1": 40}, phase_flipped=True, snr=0.15, n_gold=5,
-                     n_vesicles=1, seed=2)
+                     n_vesicles=1, seed=seed)
     scene = make_scene(spec)
     result = _pick(scene, DIAMETER_A["4v4r"])
     f1, precision, recall, errors = _scores(scene, result, DIAMETER_A["4v4r"])
-    print(f"\ncrowded with gold and vesicle: F1 {f1:.3f} (precision {precision:.3f}, "
-          f"recall {recall:.3f}), median orientation error {np.median(errors):.1f}°")
-    assert precision >= 0.9 and f1 >= 0.75, result.messages
+    print(f"\ncrowded with gold and vesicle, seed {seed}: F1 {f1:.3f} (precision "
+          f"{precision:.3f}, recall {recall:.3f}), median orientation error "
+          f"{np.median(errors):.1f}°")
+    assert f1 >= 0.9, result.messages
     assert np.median(errors) <= STEP_DEG

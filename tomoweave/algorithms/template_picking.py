@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.fft
-from scipy import ndimage
+from scipy import ndimage, optimize, stats
 from scipy.special import erfcinv
 
 from tomoweave.algorithms import fourier, volumes
@@ -270,7 +270,8 @@ def auto_threshold(scores: np.ndarray, method: str = "auto", n_false: float = 1.
         else:
             _, values = peaks_.find_peaks(scores, max(3.0, border_px), noise.threshold, 10**7,
                                           border_px)
-        return max(noise.threshold, split_populations(values[values >= noise.threshold]))
+        return max(noise.threshold, split_populations(values[values >= noise.threshold],
+                                                      cut=noise.threshold))
     if method == "sigma":
         return median + k_sigma * sigma
     if method == "extreme":
@@ -279,7 +280,8 @@ def auto_threshold(scores: np.ndarray, method: str = "auto", n_false: float = 1.
     return _otsu(peaks) if peaks.size > 2 else median + k_sigma * sigma
 
 
-def split_populations(values: np.ndarray, min_separation: float = 3.0) -> float:
+def split_populations(values: np.ndarray, min_separation: float = 3.0, *,
+                      cut: float | None = None) -> float:
     """Level between two clearly separate groups of peak scores, or -inf when there is one.
 
     Above the noise, other structures that resemble the template (of similar size and
@@ -288,6 +290,12 @@ def split_populations(values: np.ndarray, min_separation: float = 3.0) -> float:
     and the groups are bimodal (Ashman's D = √2 |μ₁ − μ₂| / √(σ₁² + σ₂²) above
     ``min_separation``: 3, above the usual 2, since a few dozen peaks of one broad population
     fit two Gaussians by chance); the level is where the two weighted densities cross.
+
+    ``cut``: the values are those above ``cut`` (the noise threshold). Both models are then
+    compared as laws cut there (one Gaussian fitted by maximum likelihood as a truncated
+    one): one population cut by the threshold is lopsided, and an uncut Gaussian fits it so
+    badly that two Gaussians won, splitting off a chance clump of the best particles (a
+    crowded scene lost four fifths of its particles so).
     """
     values = np.sort(np.asarray(values, dtype=float))
     n = values.size
@@ -310,9 +318,9 @@ def split_populations(values: np.ndarray, min_separation: float = 3.0) -> float:
         std = np.maximum(np.sqrt((resp * (values[:, None] - mean) ** 2).sum(axis=0) / counts),
                          floor)
     log_two = float(np.log(total).sum()) - n * 0.5 * np.log(2 * np.pi)
-    one_std = max(values.std(), floor)
-    log_one = float(-0.5 * (((values - values.mean()) / one_std) ** 2).sum()
-                    - n * np.log(one_std) - n * 0.5 * np.log(2 * np.pi))
+    log_one = _gaussian_log_likelihood(values, cut, floor)
+    if cut is not None:  # the mixture's share above the cut
+        log_two -= n * float(np.log(np.sum(weight * stats.norm.sf(cut, mean, std)) + 1e-300))
     bic_two, bic_one = -2 * log_two + 5 * np.log(n), -2 * log_one + 2 * np.log(n)
     ashman = np.sqrt(2) * abs(mean[1] - mean[0]) / np.sqrt((std**2).sum())
     upper = int(np.argmax(mean))
@@ -322,6 +330,23 @@ def split_populations(values: np.ndarray, min_separation: float = 3.0) -> float:
     density = weight * np.exp(-0.5 * ((grid[:, None] - mean) / std) ** 2) / std
     favours_upper = density[:, upper] >= density[:, 1 - upper]
     return float(grid[int(np.argmax(favours_upper))])
+
+
+def _gaussian_log_likelihood(values: np.ndarray, cut: float | None, floor: float) -> float:
+    """Largest log-likelihood of one Gaussian (truncated below ``cut`` when given)."""
+    std = max(values.std(), floor)
+    plain = float(stats.norm.logpdf(values, values.mean(), std).sum())
+    if cut is None:
+        return plain
+
+    def negative(p: np.ndarray) -> float:
+        sigma = max(float(np.exp(p[1])), floor)
+        return -float(stats.norm.logpdf(values, p[0], sigma).sum()
+                      - values.size * stats.norm.logsf(cut, p[0], sigma))
+
+    fit = optimize.minimize(negative, [values.mean(), np.log(std)], method="Nelder-Mead")
+    return max(plain - values.size * float(stats.norm.logsf(cut, values.mean(), std)),
+               -float(fit.fun))
 
 
 def _otsu(values: np.ndarray, bins: int = 256) -> float:
