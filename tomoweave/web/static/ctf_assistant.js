@@ -36,13 +36,16 @@ class CtfAssistant {
   // tolerance (relative), iterated until the flags settle
   assessRule() {
     const { st, tilts } = this;
-    let flags = tilts.map((t) => t.excluded || noRings(t));
+    // as ctf.assess: tilts without rings are flagged when other tilts of the series have them
+    const ringsSomewhere = tilts.some((t) => !noRings(t));
+    const unfit = (t) => ringsSomewhere && noRings(t);
+    let flags = tilts.map((t) => t.excluded || unfit(t));
     for (let iteration = 0; iteration < 20; iteration++) {
       const kept = tilts.filter((_, i) => !flags[i]);
       const pool = kept.length ? kept : tilts;
       st.meanU = pool.reduce((a, t) => a + t.ctf.defocus_u_a, 0) / pool.length;
       st.meanV = pool.reduce((a, t) => a + t.ctf.defocus_v_a, 0) / pool.length;
-      const next = tilts.map((t) => t.excluded || noRings(t) || Math.abs(t.ctf.defocus_u_a - st.meanU) / st.meanU > st.tolerance ||
+      const next = tilts.map((t) => t.excluded || unfit(t) || Math.abs(t.ctf.defocus_u_a - st.meanU) / st.meanU > st.tolerance ||
         Math.abs(t.ctf.defocus_v_a - st.meanV) / st.meanV > st.tolerance);
       const same = next.every((f, i) => f === flags[i]);
       flags = next;
