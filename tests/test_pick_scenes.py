@@ -140,9 +140,10 @@ def test_crowded_scene_with_gold_and_vesicle_reaches_f1_0_9(seed):
 
     Seed 3 once lost four fifths of its particles: the best eight ribosomes, close together
     by chance, passed for a population of their own and the threshold was set between them
-    and the others (F1 0.30; on seed 5 the old rule's threshold was 0.262 instead of 0.204);
-    the split now compares laws cut at the noise threshold. Measured: F1 0.956, 0.989, 0.929 on seeds 2, 3, 5. The gold mask (dilated by
-    the particle radius) is needed: halving its dilation lets in ~10 false picks per scene.
+    and the others (F1 0.30; on seed 5 the old rule's threshold was 0.262 instead of
+    0.204); the split now compares laws cut at the noise threshold. Measured: F1 0.956,
+    0.989, 0.929 on seeds 2, 3, 5. The gold mask (dilated by the particle radius) is needed:
+    halving its dilation lets in ~10 false picks per scene.
     """
     spec = SceneSpec(shape_zyx=(80, 160, 160), n_targets=45, distractors={"3j9i": 15},
                      crowders={"3qm1": 40}, phase_flipped=True, snr=0.15, n_gold=5,
