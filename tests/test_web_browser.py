@@ -96,7 +96,7 @@ class TrueAverage(Protocol):
         frequency = np.linspace(0, 0.5 / item.pixel_size_a, 20)
         fsc = 1 / (1 + np.exp((frequency * item.pixel_size_a - 0.3) * 30))
         shells = [FscShell(shell=i, frequency_inv_a=f, resolution_a=1 / f if f else None,
-                           fsc=c) for i, (f, c) in enumerate(zip(frequency, fsc))]
+                           fsc=c) for i, (f, c) in enumerate(zip(frequency, fsc, strict=True))]
         return {"averages": Average(
             name=f"{item.name}_average", path=item.path, pixel_size_a=item.pixel_size_a,
             size_xyz=item.size_xyz, fsc=shells,

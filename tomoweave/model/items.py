@@ -269,7 +269,7 @@ class Particle(_Item):
         """position_a + shift_a: the particle's centre after refinement, Å."""
         if self.shift_a is None:
             return self.position_a
-        return tuple(float(p + s) for p, s in zip(self.position_a, self.shift_a))
+        return tuple(float(p + s) for p, s in zip(self.position_a, self.shift_a, strict=True))
 
 
 class Subtomogram(_Item):
