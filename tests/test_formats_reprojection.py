@@ -90,7 +90,7 @@ def _warp_own_projection(xml: Path, particles_star: Path, tomo_size, image_size,
     offy = [float(v) for v in root.findtext("AxisOffsetY").split()]
     table = star_table(particles_star)
     physical = table[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy(float)
-    physical *= coord_pixel
+    physical = physical * coord_pixel  # star_table columns are read-only (cached parse)
     volume_centre = np.asarray(tomo_size) * PIXEL_A / 2
     image_centre = np.asarray(image_size) * PIXEL_A / 2
     result = []
