@@ -12,6 +12,7 @@ from tomoweave.algorithms.averaging.fsc import GoldStandardFsc
 from tomoweave.engine import ProcessContext
 from tomoweave.formats.mrc import write_mrc
 from tomoweave.model import Average, FscShell, Particle, Subtomogram, Volume
+from tomoweave.plotting import pyplot
 
 FSC_PNG, SLICES_PNG, ANGLES_PNG, ITERATIONS_PNG = ("fsc.png", "central_slices.png",
                                                    "angular_distribution.png",
@@ -67,18 +68,10 @@ def refined_particles(subtomograms: list[Subtomogram]) -> list[Particle]:
         for item in subtomograms]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def fsc_png(fsc: GoldStandardFsc, path: Path, title: str) -> Path:
     """The gold-standard FSC curves against resolution, the threshold line and the crossing."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.6))
     frequency = fsc.frequencies_inv_a
     curves = [("corrected", fsc.corrected, "#2b6cb0", 2.0), ("unmasked", fsc.unmasked,
@@ -109,7 +102,7 @@ def fsc_png(fsc: GoldStandardFsc, path: Path, title: str) -> Path:
 
 def slices_png(volume: np.ndarray, path: Path, title: str) -> Path:
     """Central XY, XZ and YZ slices of a map, one grey scale."""
-    plt = _pyplot()
+    plt = pyplot()
     box = volume.shape[0]
     planes = [("XY", volume[box // 2]), ("XZ", volume[:, box // 2, :]),
               ("YZ", volume[:, :, box // 2])]
@@ -129,7 +122,7 @@ def slices_png(volume: np.ndarray, path: Path, title: str) -> Path:
 
 def angles_png(rotations: np.ndarray, path: Path, title: str) -> Path:
     """Where each particle's reference Z axis points (azimuth, elevation), as a 2D histogram."""
-    plt = _pyplot()
+    plt = pyplot()
     directions = np.asarray(rotations).reshape(-1, 3, 3)[:, :, 2]  # R @ (0, 0, 1)
     azimuth = np.degrees(np.arctan2(directions[:, 1], directions[:, 0]))
     elevation = np.degrees(np.arcsin(np.clip(directions[:, 2], -1, 1)))
@@ -148,7 +141,7 @@ def angles_png(rotations: np.ndarray, path: Path, title: str) -> Path:
 
 def iterations_png(history: list[dict], path: Path, title: str) -> Path:
     """Resolution and mean angular change per iteration."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.2))
     steps = [h["iteration"] for h in history]
     axes.plot(steps, [h["resolution_a"] for h in history], "o-", color="#2b6cb0")

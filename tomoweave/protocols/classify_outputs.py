@@ -13,6 +13,7 @@ import numpy as np
 from tomoweave.algorithms.classification.classes3d import ClassifyResult
 from tomoweave.engine import InputError, ProcessContext
 from tomoweave.model import Average, FscShell, Particle, Subtomogram
+from tomoweave.plotting import pyplot
 from tomoweave.protocols import average_outputs
 
 OCCUPANCY_PNG, CLASSES_PNG = "occupancy.png", "class_slices.png"
@@ -87,7 +88,7 @@ def classified_subtomograms(subtomograms: list[Subtomogram], labels: np.ndarray,
 
 def occupancy_png(history: list[dict], path: Path, title: str) -> Path:
     """Particles per class (Σ posterior) at every iteration, and the fraction that changed."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.2))
     steps = [h["iteration"] for h in history]
     occupancy = np.array([h["occupancy"] for h in history])
@@ -105,7 +106,7 @@ def occupancy_png(history: list[dict], path: Path, title: str) -> Path:
 
 def class_slices_png(maps: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
     """Central XY and XZ slices of every class map, one row per class."""
-    plt = _pyplot()
+    plt = pyplot()
     count, box = len(maps), maps.shape[1]
     figure, axes = plt.subplots(count, 2, figsize=(4, 2 * count), squeeze=False)
     for row, (volume, label) in enumerate(zip(maps, labels, strict=True)):
@@ -121,7 +122,7 @@ def class_slices_png(maps: np.ndarray, labels: list[str], path: Path, title: str
 
 def scatter_png(coordinates: np.ndarray, labels: np.ndarray, path: Path, title: str) -> Path:
     """Particles on the first two components, coloured by cluster."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(4.5, 4))
     second = coordinates[:, 1] if coordinates.shape[1] > 1 else np.zeros(len(coordinates))
     points = axes.scatter(coordinates[:, 0], second, c=labels, cmap="tab10", s=10)
@@ -136,7 +137,7 @@ def eigenvolumes_png(volumes: np.ndarray, explained: np.ndarray, path: Path) -> 
     """Central XY, XZ, YZ slices of each eigenvolume (symmetric grey scale)."""
     rows = len(volumes)
     labels = [f"component {c + 1} ({100 * explained[c]:.1f} %)" for c in range(rows)]
-    plt = _pyplot()
+    plt = pyplot()
     box = volumes.shape[1]
     figure, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
     for row, volume in enumerate(volumes):
@@ -154,7 +155,7 @@ def gallery_png(averages: np.ndarray, sizes: list[int], scores: np.ndarray,
                 kept: np.ndarray, path: Path) -> Path:
     """The 2D class averages in a grid (numbered from 1), with size and particle score; kept
     classes (``kept``: 0-based indices) framed."""
-    plt = _pyplot()
+    plt = pyplot()
     count = len(averages)
     columns = min(count, 5)
     rows = int(np.ceil(count / columns))
@@ -175,14 +176,6 @@ def gallery_png(averages: np.ndarray, sizes: list[int], scores: np.ndarray,
     figure.suptitle("2D classes (green: kept)", fontsize=9)
     return _save(plt, figure, path)
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(plt, figure, path: Path) -> Path:

@@ -11,6 +11,7 @@ from tomoweave.algorithms.postprocess.sharpen import SharpenResult
 from tomoweave.engine import ItemError, ProcessContext
 from tomoweave.formats.mrc import MrcError, read_mrc
 from tomoweave.model import Average, Volume
+from tomoweave.plotting import pyplot
 
 GUINIER_PNG, HISTOGRAM_PNG = "guinier.png", "local_resolution_histogram.png"
 LOCAL_RESOLUTION_PNG, MAP_BACK_PNG = "local_resolution_slices.png", "map_back.png"
@@ -49,18 +50,10 @@ def mask_of(context: ProcessContext, volume: Volume, shape: tuple[int, ...]) -> 
     return np.clip(mask, 0.0, 1.0)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def guinier_png(result: SharpenResult, path: Path, title: str) -> Path:
     """ln(mean amplitude) against 1/d²: plain, FSC-weighted (fitted), sharpened, and the line."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.6))
     s2 = result.guinier_s2_inv_a2
     for label, curve, colour in (("map", result.guinier_ln_plain, "#718096"),
@@ -87,7 +80,7 @@ def guinier_png(result: SharpenResult, path: Path, title: str) -> Path:
 
 def histogram_png(values_a: np.ndarray, path: Path, title: str) -> Path:
     """Histogram of local resolutions (Å), median marked."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.2))
     values = np.asarray(values_a, dtype=float)
     values = values[np.isfinite(values) & (values > 0)]
@@ -108,7 +101,7 @@ def histogram_png(values_a: np.ndarray, path: Path, title: str) -> Path:
 def local_resolution_png(volume: np.ndarray, resolution_a: np.ndarray, path: Path,
                          title: str) -> Path:
     """Central XY, XZ and YZ slices of a map (grey) with its local resolution in colour."""
-    plt = _pyplot()
+    plt = pyplot()
     z, y, x = (n // 2 for n in volume.shape)
     planes = [("XY", volume[z], resolution_a[z]), ("XZ", volume[:, y, :], resolution_a[:, y, :]),
               ("YZ", volume[:, :, x], resolution_a[:, :, x])]
@@ -133,7 +126,7 @@ def local_resolution_png(volume: np.ndarray, resolution_a: np.ndarray, path: Pat
 def map_back_png(tomogram: np.ndarray | None, placed: np.ndarray, path: Path,
                  title: str) -> Path:
     """The central XY slice of the tomogram (grey) with the placed copies outlined."""
-    plt = _pyplot()
+    plt = pyplot()
     z = placed.shape[0] // 2
     figure, axis = plt.subplots(figsize=(5, 5))
     if tomogram is not None and tomogram.shape == placed.shape:

@@ -8,23 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
+from tomoweave.plotting import pyplot
+
 CORRECTIONS_PNG, DEFORMATION_PNG, CTF_PNG, CYCLES_PNG = (
     "tilt_corrections.png", "deformation.png", "ctf_corrections.png", "resolution_cycles.png")
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def corrections_png(tilt_deg: np.ndarray, changes: dict[str, np.ndarray], path: Path,
                     title: str) -> Path:
     """Each refined quantity's change (one panel each) against the tilt angle."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(changes), figsize=(3.2 * len(changes), 3.0),
                                 squeeze=False)
     order = np.argsort(tilt_deg)
@@ -44,7 +38,7 @@ def deformation_png(geometry, tilt_deg: np.ndarray, path: Path, title: str,
                     panels: int = 4) -> Path:
     """The deformation field of the tilts where it is largest, as arrows over the field (arrow
     lengths magnified; the scale is in the panel title)."""
-    plt = _pyplot()
+    plt = pyplot()
     half = geometry.field_half_size_a
     axis = np.linspace(-0.9, 0.9, 9) * half
     points = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
@@ -70,7 +64,7 @@ def deformation_png(geometry, tilt_deg: np.ndarray, path: Path, title: str,
 
 def cycles_png(resolutions_a: list[float], path: Path, title: str) -> Path:
     """Gold-standard resolution after each refinement cycle or step (0: before)."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(4.5, 3.0))
     axis.plot(range(len(resolutions_a)), resolutions_a, "o-")
     axis.set_xlabel("cycle or step (0: before)")
